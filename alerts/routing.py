@@ -1,0 +1,3 @@
+"""WebSocket routes of the alerts app (collected by hub.routing)."""
+
+websocket_urlpatterns: list = []

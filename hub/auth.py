@@ -1,0 +1,80 @@
+"""Who is asking, on a WebSocket: a signed-in user (session cookie, through
+Channels' AuthMiddlewareStack) or a guest holding a signed invite token.
+
+A guest token is what an invite link carries (``?guest=…``): it names the
+guest and the one resource (e.g. ``meet:AB12CD``) it opens, and expires. It is
+signed with SECRET_KEY, so it cannot be forged or widened.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from urllib.parse import parse_qs
+
+from django.conf import settings
+from django.core import signing
+
+_GUEST_SALT = "hub.auth.guest"
+
+
+@dataclass(frozen=True)
+class Guest:
+    guest_id: str
+    name: str
+    resource: str
+
+
+def issue_guest_token(name: str, resource: str, *, guest_id: str | None = None) -> str:
+    name = name.strip()[:80]
+    if not name:
+        raise ValueError("a guest needs a display name")
+    payload = {"g": guest_id or secrets.token_urlsafe(9), "n": name, "r": resource}
+    return signing.dumps(payload, salt=_GUEST_SALT, compress=True)
+
+
+def read_guest_token(token: str, *, max_age: int | None = None) -> Guest | None:
+    """The guest in a valid token, or None (forged, altered or expired)."""
+    try:
+        payload = signing.loads(
+            token, salt=_GUEST_SALT, max_age=max_age or settings.GUEST_TOKEN_MAX_AGE
+        )
+    except signing.BadSignature:
+        return None
+    if not isinstance(payload, dict):
+        return None
+    try:
+        return Guest(guest_id=str(payload["g"]), name=str(payload["n"]), resource=str(payload["r"]))
+    except KeyError:
+        return None
+
+
+class GuestTokenMiddleware:
+    """Puts ``scope["guest"]`` (a :class:`Guest` or None) from ``?guest=<token>``."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        guest = None
+        query = parse_qs(scope.get("query_string", b"").decode("latin1"))
+        tokens = query.get("guest")
+        if tokens and len(tokens[0]) <= 2048:
+            guest = read_guest_token(tokens[0])
+        return await self.app({**scope, "guest": guest}, receive, send)
+
+
+def principal_of(scope) -> str:
+    """A stable name for who holds this connection (binds resume tokens)."""
+    user = scope.get("user")
+    if user is not None and getattr(user, "is_authenticated", False):
+        return f"user:{user.pk}"
+    guest = scope.get("guest")
+    if guest is not None:
+        return f"guest:{guest.guest_id}"
+    return "anonymous"
+
+
+def client_ip(scope) -> str:
+    client = scope.get("client")
+    return client[0] if client else "unknown"

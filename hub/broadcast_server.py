@@ -1,0 +1,223 @@
+"""The lean broadcast server: large-audience, server-to-client topics.
+
+One asyncio process built on the ``websockets`` package, with no Channels
+consumer per socket: each topic is one bus subscription per process and each
+frame, serialized once by the publisher, goes to every local socket through
+``websockets.broadcast``. It speaks the same envelope as ``/ws/live/`` in
+daphne (hub.live.RealtimeSession), so clients cannot tell them apart; nginx
+sends ``/ws/live/`` here in production (docker/nginx.conf). Run several: they
+share the work through Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import signal
+from http import HTTPStatus
+from urllib.parse import urlparse
+
+import websockets
+from channels.security.websocket import AllowedHostsOriginValidator
+from django.conf import settings
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Response
+from websockets.protocol import State
+
+from hub import metrics
+from hub.bus import TopicBus, get_bus
+from hub.envelope import CloseCode, EnvelopeError, ErrorCode, ServerPing, encode
+from hub.live import LiveHub, RealtimeSession, SessionLimits
+
+log = logging.getLogger(__name__)
+
+LIVE_PATHS = frozenset({"/ws/live/"})
+
+
+def _fanout(connections, frame: str) -> None:
+    websockets.broadcast(connections, frame)
+
+
+class BroadcastServer:
+    """Owns the listening socket, the connections and the heartbeat task."""
+
+    def __init__(self, *, host: str, port: int, bus: TopicBus | None = None):
+        self.host = host
+        self.port = port
+        self.bus = bus or get_bus()
+        self.hub = LiveHub(self.bus, _fanout, endpoint="live")
+        self.limits = SessionLimits.from_settings()
+        self.connections: set[ServerConnection] = set()
+        self._slots: dict[ServerConnection, list[tuple[str, str]]] = {}
+        self._origin = AllowedHostsOriginValidator(None)
+        self._server = None
+        self._tasks: list[asyncio.Task] = []
+        self._closing: set[asyncio.Task] = set()
+        self.started = asyncio.Event()
+        self._open = metrics.OPEN_SOCKETS.labels("live")
+
+    # HTTP side: probes, metrics, origin and path checks ----------------------------
+
+    def _process_request(self, connection: ServerConnection, request):
+        path = request.path.split("?", 1)[0]
+        if path == "/healthz":
+            return _plain(HTTPStatus.OK, b'{"status": "ok"}\n', "application/json")
+        if path == "/metrics":
+            return _plain(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
+        if path not in LIVE_PATHS:
+            return _plain(HTTPStatus.NOT_FOUND, b"not found\n")
+        origin = request.headers.get("Origin")
+        if not self._origin.valid_origin(urlparse(origin) if origin else None):
+            metrics.REFUSED.labels("origin").inc()
+            return _plain(HTTPStatus.FORBIDDEN, b"origin not allowed\n")
+        return None
+
+    def client_ip(self, connection: ServerConnection) -> str:
+        if settings.WS_TRUST_X_FORWARDED_FOR:
+            forwarded = connection.request.headers.get("X-Forwarded-For")
+            if forwarded:
+                return forwarded.rsplit(",", 1)[-1].strip()
+        address = connection.remote_address
+        return address[0] if address else "unknown"
+
+    # One connection ---------------------------------------------------------------
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        member = secrets.token_urlsafe(12)
+        claims = [(f"ip:{self.client_ip(ws)}", settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
+        if await self.bus.acquire_slots(claims, member, self.limits.heartbeat_interval * 3):
+            metrics.REFUSED.labels("too_many_connections").inc()
+            await ws.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
+            return
+        self._slots[ws] = [(key, member) for key, _ in claims]
+        session = RealtimeSession(
+            hub=self.hub, handle=ws, send=ws.send, limits=self.limits, endpoint="live"
+        )
+        self.connections.add(ws)
+        self._open.inc()
+        try:
+            await ws.send(session.welcome())
+            async for text in ws:
+                if isinstance(text, bytes):
+                    error = EnvelopeError(ErrorCode.BAD_MESSAGE, "Send JSON in text frames.")
+                    await ws.send(encode(error.to_message()))
+                    continue
+                close_code = await session.receive(text)
+                if close_code is not None:
+                    await ws.close(close_code)
+                    break
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            self.connections.discard(ws)
+            self._open.dec()
+            await session.close()
+            slots = self._slots.pop(ws, [])
+            if slots:
+                with contextlib.suppress(Exception):
+                    await self.bus.release_slots(slots)
+
+    # Background: heartbeat, slow readers, slot refresh -------------------------------
+
+    async def _heartbeat_forever(self) -> None:
+        interval = self.limits.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            frame = encode(ServerPing(time=asyncio.get_running_loop().time()))
+            websockets.broadcast(self.connections, frame)
+            pairs = [pair for slots in self._slots.values() for pair in slots]
+            if pairs:
+                with contextlib.suppress(Exception):
+                    await self.bus.refresh_slots(pairs, interval * 3)
+
+    async def _drop_slow_readers_forever(self) -> None:
+        limit = settings.REALTIME["MAX_SEND_BUFFER_BYTES"]
+        while True:
+            await asyncio.sleep(1.0)
+            for ws in list(self.connections):
+                transport = ws.transport
+                if (
+                    ws.state is State.OPEN
+                    and transport is not None
+                    and transport.get_write_buffer_size() > limit
+                ):
+                    # websockets.broadcast() has no back-pressure: a reader that
+                    # falls this far behind is closed (the close times out after
+                    # close_timeout) and comes back with resume.
+                    metrics.REFUSED.labels("too_slow").inc()
+                    task = asyncio.get_running_loop().create_task(
+                        ws.close(CloseCode.TOO_SLOW, "too slow: reconnect and resume")
+                    )
+                    self._closing.add(task)
+                    task.add_done_callback(self._closing.discard)
+
+    # Life cycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._server = await serve(
+            self._handle,
+            self.host,
+            self.port,
+            process_request=self._process_request,
+            max_size=self.limits.max_frame_bytes,
+            compression=None,  # per-socket deflate would cost CPU per socket per frame
+            ping_interval=20,
+            ping_timeout=20,
+            close_timeout=5,
+            max_queue=32,
+            server_header=None,
+        )
+        sockets = self._server.sockets
+        if sockets and self.port == 0:
+            self.port = sockets[0].getsockname()[1]
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._heartbeat_forever(), name="broadcast-heartbeat"),
+            loop.create_task(self._drop_slow_readers_forever(), name="broadcast-slow"),
+        ]
+        self.started.set()
+        log.info("broadcast server listening on %s:%s", self.host, self.port)
+
+    async def stop(self) -> None:
+        """Close every socket with 1012 (restart: reconnect and resume)."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self._server is not None:
+            self._server.close(close_connections=False)
+            await asyncio.gather(
+                *(
+                    ws.close(CloseCode.SERVICE_RESTART, "server restart")
+                    for ws in list(self.connections)
+                ),
+                return_exceptions=True,
+            )
+            await self._server.wait_closed()
+        await self.bus.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        log.info("broadcast server stopping")
+        await self.stop()
+
+
+def _plain(status: HTTPStatus, body: bytes, content_type: str = "text/plain") -> Response:
+    headers = Headers(
+        [
+            ("Content-Type", content_type),
+            ("Content-Length", str(len(body))),
+            ("Cache-Control", "no-store"),
+        ]
+    )
+    return Response(status.value, status.phrase, headers, body)

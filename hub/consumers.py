@@ -1,0 +1,230 @@
+"""The Channels side of the envelope: a base consumer for interactive sockets.
+
+Subclasses declare the extra message kinds they accept and a handler for
+each; the base does the rest (validation, errors with ids, rate limits,
+per-user/per-IP connection limits, heartbeats, topics with resume).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import Collection
+
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from hub import metrics
+from hub.auth import client_ip, principal_of
+from hub.bus import get_bus
+from hub.envelope import (
+    HUB_PROTOCOL,
+    CloseCode,
+    EnvelopeError,
+    ErrorCode,
+    Message,
+    Protocol,
+    ServerPing,
+    encode,
+)
+from hub.live import Handler, LiveHub, RealtimeSession, SessionLimits
+from hub.roles import roles_of
+
+log = logging.getLogger(__name__)
+
+_hubs: dict[int, LiveHub] = {}
+
+
+def _fanout_to_consumers(consumers: Collection[EnvelopeConsumer], frame: str) -> None:
+    for consumer in consumers:
+        consumer.push(frame)
+
+
+def consumer_hub() -> LiveHub:
+    """The LiveHub of this process's Channels consumers (one per bus)."""
+    bus = get_bus()
+    hub = _hubs.get(id(bus))
+    if hub is None or hub.bus is not bus:
+        hub = _hubs[id(bus)] = LiveHub(bus, _fanout_to_consumers, endpoint="consumer")
+    return hub
+
+
+class EnvelopeConsumer(AsyncWebsocketConsumer):
+    """Base of every interactive WebSocket of the hub."""
+
+    endpoint = "hub"
+    protocol: Protocol = HUB_PROTOCOL
+    require_login = False
+    # Outgoing frames queued for a client that does not read before it is
+    # dropped with 4013 (it resumes from the topic buffers when it returns).
+    max_queued_frames = 1000
+
+    def handlers(self) -> dict[type[Message], Handler]:
+        """Map of extra message kinds to coroutine methods; override."""
+        return {}
+
+    def allowed_topics(self) -> list[str]:
+        """Topic patterns this connection may join without a grant; override."""
+        return []
+
+    async def connect(self):
+        limits = SessionLimits.from_settings()
+        self.limits = limits
+        self.connection_id = secrets.token_urlsafe(12)
+        self._slots: list[tuple[str, str]] = []
+        self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
+        self._tasks: list[asyncio.Task] = []
+        self.session = None
+        principal = principal_of(self.scope)
+        await self.accept()
+        metrics.OPEN_SOCKETS.labels(self.endpoint).inc()
+        self._counted = True
+        if self.require_login and principal == "anonymous":
+            metrics.REFUSED.labels("unauthenticated").inc()
+            await self.close(code=CloseCode.UNAUTHENTICATED)
+            return
+        if not await self._acquire_slots(principal, limits):
+            metrics.REFUSED.labels("too_many_connections").inc()
+            await self.close(code=CloseCode.TOO_MANY_CONNECTIONS)
+            return
+        self.session = RealtimeSession(
+            hub=consumer_hub(),
+            handle=self,
+            send=self._enqueue,
+            limits=limits,
+            principal=principal,
+            endpoint=self.endpoint,
+            protocol=self.protocol,
+            handlers=self.handlers(),
+            allowed_topics=self.allowed_topics(),
+        )
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._write_forever()),
+            loop.create_task(self._heartbeat_forever()),
+        ]
+        await self._enqueue(self.session.welcome())
+
+    async def _acquire_slots(self, principal: str, limits: SessionLimits) -> bool:
+        from django.conf import settings
+
+        claims = [(f"ip:{client_ip(self.scope)}", settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
+        if principal != "anonymous":
+            claims.append((principal, settings.REALTIME["MAX_CONNECTIONS_PER_USER"]))
+        ttl = limits.heartbeat_interval * 3
+        full = await get_bus().acquire_slots(claims, self.connection_id, ttl)
+        if full:
+            return False
+        self._slots = [(key, self.connection_id) for key, _ in claims]
+        return True
+
+    def push(self, frame: str) -> None:
+        """Queue a frame for this client (called by the LiveHub fan-out)."""
+        if self._outbox.qsize() >= self.max_queued_frames:
+            if not getattr(self, "_too_slow", False):
+                self._too_slow = True
+                metrics.REFUSED.labels("too_slow").inc()
+                self._outbox.put_nowait(None)
+            return
+        self._outbox.put_nowait(frame)
+
+    async def _enqueue(self, text: str) -> None:
+        self.push(text)
+
+    async def send_message(self, message: Message) -> None:
+        """Send one envelope message to this client, in order with its events."""
+        await self._enqueue(encode(message))
+
+    async def _write_forever(self) -> None:
+        sent = metrics.MESSAGES_OUT.labels(self.endpoint)
+        while True:
+            frame = await self._outbox.get()
+            if frame is None:
+                await self.close(code=CloseCode.TOO_SLOW)
+                return
+            await self.send(text_data=frame)
+            sent.inc()
+
+    async def _heartbeat_forever(self) -> None:
+        interval = self.limits.heartbeat_interval
+        while True:
+            await asyncio.sleep(interval)
+            await self._enqueue(encode(ServerPing(time=self.session.clock.time())))
+            if self._slots:
+                with contextlib.suppress(Exception):
+                    await get_bus().refresh_slots(self._slots, interval * 3)
+
+    async def receive(self, text_data=None, bytes_data=None):
+        if self.session is None:
+            return
+        if text_data is None:
+            await self._enqueue(
+                encode(
+                    EnvelopeError(
+                        ErrorCode.BAD_MESSAGE, "Send JSON in text frames, not binary."
+                    ).to_message()
+                )
+            )
+            return
+        close_code = await self.session.receive(text_data)
+        if close_code is not None:
+            await self.close(code=close_code)
+
+    async def disconnect(self, code):
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        if self.session is not None:
+            await self.session.close()
+        if self._slots:
+            with contextlib.suppress(Exception):
+                await get_bus().release_slots(self._slots)
+        if getattr(self, "_counted", False):
+            metrics.OPEN_SOCKETS.labels(self.endpoint).dec()
+            self._counted = False
+
+
+class Whoami(Message, tag="whoami"):
+    """Ask who this connection is (user, roles, or guest)."""
+
+
+class Identity(Message, tag="identity"):
+    user: str | None
+    roles: list[str]
+    guest: str | None
+
+
+class HubConsumer(EnvelopeConsumer):
+    """``/ws/hub/``: the general socket: ping, topics with resume, whoami."""
+
+    endpoint = "hub"
+    protocol = HUB_PROTOCOL.extend([Whoami])
+
+    def handlers(self):
+        return {Whoami: self.whoami}
+
+    async def whoami(self, message: Whoami) -> Identity:
+        from asgiref.sync import sync_to_async
+
+        user = self.scope.get("user")
+        guest = self.scope.get("guest")
+        authenticated = user is not None and user.is_authenticated
+        roles = sorted(await sync_to_async(roles_of)(user)) if authenticated else []
+        return Identity(
+            user=user.get_username() if authenticated else None,
+            roles=[str(r) for r in roles],
+            guest=guest.name if guest else None,
+        )
+
+
+class LiveConsumer(EnvelopeConsumer):
+    """``/ws/live/`` inside daphne: the broadcast path of the embedded default.
+
+    In production nginx sends this path to the lean broadcast processes
+    (hub.broadcast_server), which speak the same protocol.
+    """
+
+    endpoint = "live"

@@ -1,0 +1,368 @@
+"""The hub's real-time session logic, shared by every transport.
+
+:class:`LiveHub` keeps, per process, which connections listen to which topic
+and fans each frame out to them at once (one bus listener per topic). A
+:class:`RealtimeSession` is one client connection speaking the envelope:
+rate limit, validation, ping, subscribe/unsubscribe, resume. The transports
+are thin: the Channels consumer (hub.consumers) and the lean broadcast server
+(hub.broadcast_server) only move text in and out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Collection, Hashable
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.core import signing
+
+from hub import metrics
+from hub.bus import TopicBus, time_of
+from hub.clock import Clock, system_clock
+from hub.envelope import (
+    HUB_PROTOCOL,
+    CloseCode,
+    EnvelopeError,
+    ErrorCode,
+    Message,
+    Ping,
+    Pong,
+    Protocol,
+    Resume,
+    Resumed,
+    Subscribe,
+    Subscribed,
+    Unsubscribe,
+    Unsubscribed,
+    Welcome,
+    encode,
+)
+from hub.ratelimit import TokenBucket
+from hub.topics import granted_topics, may_subscribe
+
+log = logging.getLogger(__name__)
+
+Send = Callable[[str], Awaitable[None]]
+Fanout = Callable[[Collection[Any], str], None]
+
+
+class LiveHub:
+    """Topic membership of this process's connections, with gap-free replay."""
+
+    def __init__(self, bus: TopicBus, fanout: Fanout, *, endpoint: str = "live"):
+        self.bus = bus
+        self.fanout = fanout
+        self._members: dict[str, set[Hashable]] = {}
+        self._pending: dict[str, dict[Hashable, list[str]]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._sent = metrics.MESSAGES_OUT.labels(endpoint)
+
+    def _on_frame(self, topic: str, seq: int, frame: str) -> None:
+        members = self._members.get(topic)
+        if members:
+            self.fanout(members, frame)
+            self._sent.inc(len(members))
+            metrics.BROADCAST_LATENCY.observe(max(0.0, system_clock.time() - time_of(frame)))
+        pending = self._pending.get(topic)
+        if pending:
+            for queue in pending.values():
+                queue.append(frame)
+
+    async def _ensure_listening(self, topic: str) -> None:
+        if topic in self._members:
+            return
+        lock = self._locks.setdefault(topic, asyncio.Lock())
+        async with lock:
+            if topic not in self._members:
+                await self.bus.listen(topic, self._on_frame)
+                self._members[topic] = set()
+                self._pending[topic] = {}
+
+    async def join(self, handle: Hashable, topic: str, since: int | None, send: Send):
+        """Add ``handle`` to ``topic``; first send what it missed after ``since``.
+
+        Returns ``(seq, replayed, complete)``: the topic's seq when live delivery
+        began, how many events were replayed, and whether the buffer still held
+        all of them. Live frames that arrive during the replay are queued and sent
+        after it, so the client sees every seq once, in order.
+        """
+        await self._ensure_listening(topic)
+        baseline = self.bus.last_seq(topic)
+        if since is None or since == baseline:
+            self._members[topic].add(handle)
+            return baseline, 0, True
+        if since > baseline:  # the client knows a future: the topic was reset
+            self._members[topic].add(handle)
+            return baseline, 0, False
+        queue: list[str] = []
+        self._pending[topic][handle] = queue
+        try:
+            history = await self.bus.history(topic, since, baseline)
+            for frame in history.frames:
+                await send(frame)
+            replayed = len(history.frames)
+            while queue:
+                batch = queue[:]
+                queue.clear()
+                for frame in batch:
+                    await send(frame)
+                replayed += len(batch)
+        except BaseException:
+            self._pending.get(topic, {}).pop(handle, None)
+            raise
+        # No await between the last check of the queue and joining the members.
+        del self._pending[topic][handle]
+        self._members[topic].add(handle)
+        return baseline, replayed, history.complete
+
+    async def leave(self, handle: Hashable, topic: str) -> None:
+        members = self._members.get(topic)
+        if members is None:
+            return
+        members.discard(handle)
+        self._pending[topic].pop(handle, None)
+        if not members and not self._pending[topic]:
+            del self._members[topic]
+            del self._pending[topic]
+            await self.bus.unlisten(topic, self._on_frame)
+
+    def member_count(self, topic: str) -> int:
+        return len(self._members.get(topic, ()))
+
+
+_RESUME_SALT = "hub.live.resume"
+
+
+def make_resume_token(session_id: str, principal: str) -> str:
+    return signing.TimestampSigner(salt=_RESUME_SALT).sign(f"{session_id}|{principal}")
+
+
+def read_resume_token(token: str, principal: str, max_age: int) -> str | None:
+    """The session id in a valid, fresh token issued to the same principal."""
+    try:
+        value = signing.TimestampSigner(salt=_RESUME_SALT).unsign(token, max_age=max_age)
+    except signing.BadSignature:
+        return None
+    session_id, _, owner = value.partition("|")
+    return session_id if owner == principal else None
+
+
+@dataclass
+class SessionLimits:
+    max_frame_bytes: int
+    rate_per_second: float
+    rate_burst: int
+    rate_strikes_before_close: int
+    heartbeat_interval: float
+    resume_ttl: int
+    max_subscriptions: int
+
+    @classmethod
+    def from_settings(cls) -> SessionLimits:
+        from django.conf import settings
+
+        r = settings.REALTIME
+        return cls(
+            max_frame_bytes=r["MAX_FRAME_BYTES"],
+            rate_per_second=r["RATE_PER_SECOND"],
+            rate_burst=r["RATE_BURST"],
+            rate_strikes_before_close=r["RATE_STRIKES_BEFORE_CLOSE"],
+            heartbeat_interval=r["HEARTBEAT_INTERVAL"],
+            resume_ttl=r["RESUME_TTL"],
+            max_subscriptions=r["MAX_SUBSCRIPTIONS"],
+        )
+
+
+Handler = Callable[[Message], Awaitable[Message | None]]
+
+
+@dataclass
+class RealtimeSession:
+    """One client on the envelope. ``receive`` returns a close code when the
+    connection must end, else None; replies go out through ``send``."""
+
+    hub: LiveHub
+    handle: Hashable
+    send: Send
+    limits: SessionLimits
+    principal: str = "anonymous"
+    endpoint: str = "live"
+    protocol: Protocol = HUB_PROTOCOL
+    handlers: dict[type[Message], Handler] = field(default_factory=dict)
+    # Extra topic patterns this principal may join without a grant.
+    allowed_topics: list[str] = field(default_factory=list)
+    clock: Clock = system_clock
+
+    def __post_init__(self) -> None:
+        self.session_id = secrets.token_urlsafe(16)
+        self.topics: set[str] = set()
+        self.bucket = TokenBucket(
+            self.limits.rate_per_second, self.limits.rate_burst, clock=self.clock
+        )
+        self.strikes = 0
+        self._received = metrics.MESSAGES_IN.labels(self.endpoint)
+
+    @property
+    def resume_token(self) -> str:
+        return make_resume_token(self.session_id, self.principal)
+
+    def welcome(self) -> str:
+        return encode(
+            Welcome(
+                session=self.session_id,
+                resume_token=self.resume_token,
+                heartbeat=self.limits.heartbeat_interval,
+                max_frame_bytes=self.limits.max_frame_bytes,
+            )
+        )
+
+    async def receive(self, text: str | bytes) -> int | None:
+        self._received.inc()
+        if len(text) > self.limits.max_frame_bytes:
+            metrics.REFUSED.labels("frame_too_large").inc()
+            return CloseCode.MESSAGE_TOO_BIG
+        if not self.bucket.take():
+            self.strikes += 1
+            if self.strikes > self.limits.rate_strikes_before_close:
+                metrics.REFUSED.labels("rate_limited").inc()
+                return CloseCode.RATE_LIMITED
+            request_id = _cheap_id(text, self.protocol)
+            await self._send_error(
+                EnvelopeError(
+                    ErrorCode.RATE_LIMITED,
+                    "Too many messages: slow down and retry later.",
+                    id=request_id,
+                )
+            )
+            return None
+        try:
+            message = self.protocol.decode(text)
+        except EnvelopeError as error:
+            await self._send_error(error)
+            return None
+        try:
+            reply = await self._dispatch(message)
+        except EnvelopeError as error:
+            error.id = error.id or message.id
+            await self._send_error(error)
+            return None
+        except Exception:
+            log.exception("handler failed", extra={"endpoint": self.endpoint})
+            await self._send_error(
+                EnvelopeError(ErrorCode.INTERNAL, "Internal error; try again.", id=message.id)
+            )
+            return None
+        if reply is not None:
+            if reply.id is None:
+                reply.id = message.id
+            await self.send(encode(reply))
+        return None
+
+    async def _send_error(self, error: EnvelopeError) -> None:
+        metrics.ERRORS.labels(error.code.value).inc()
+        await self.send(encode(error.to_message()))
+
+    async def _dispatch(self, message: Message) -> Message | None:
+        if isinstance(message, Ping):
+            return Pong(time=self.clock.time())
+        if isinstance(message, Subscribe):
+            return await self._subscribe(message)
+        if isinstance(message, Unsubscribe):
+            return await self._unsubscribe(message)
+        if isinstance(message, Resume):
+            return await self._resume(message)
+        handler = self.handlers.get(type(message))
+        if handler is None:
+            raise EnvelopeError(ErrorCode.UNKNOWN_TYPE, "This endpoint does not take that type.")
+        return await handler(message)
+
+    async def _subscribe(self, message: Subscribe) -> Subscribed:
+        patterns = [*self.allowed_topics, *granted_topics(message.grant)]
+        new = [t for t in dict.fromkeys(message.topics) if t not in self.topics]
+        for topic in new:
+            if not may_subscribe(topic, patterns):
+                raise EnvelopeError(
+                    ErrorCode.FORBIDDEN, f"You may not subscribe to {topic!r}.", id=message.id
+                )
+        if len(self.topics) + len(new) > self.limits.max_subscriptions:
+            raise EnvelopeError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                f"At most {self.limits.max_subscriptions} topics per connection.",
+                id=message.id,
+            )
+        since = message.since or {}
+        seqs, replayed, gaps = await self._join(message.topics, since)
+        await self._save()
+        return Subscribed(id=message.id, topics=seqs, replayed=replayed, gap=gaps)
+
+    async def _join(self, topics, since: dict[str, int]):
+        seqs: dict[str, int] = {}
+        replayed = 0
+        gaps: list[str] = []
+        for topic in dict.fromkeys(topics):
+            if topic in self.topics:
+                seqs[topic] = self.hub.bus.last_seq(topic)
+                continue
+            seq, count, complete = await self.hub.join(
+                self.handle, topic, since.get(topic), self.send
+            )
+            self.topics.add(topic)
+            seqs[topic] = seq
+            replayed += count
+            if not complete:
+                gaps.append(topic)
+        return seqs, replayed, gaps
+
+    async def _unsubscribe(self, message: Unsubscribe) -> Unsubscribed:
+        left = []
+        for topic in dict.fromkeys(message.topics):
+            if topic in self.topics:
+                self.topics.discard(topic)
+                await self.hub.leave(self.handle, topic)
+                left.append(topic)
+        await self._save()
+        return Unsubscribed(topics=left)
+
+    async def _resume(self, message: Resume) -> Resumed:
+        old_id = read_resume_token(message.token, self.principal, self.limits.resume_ttl)
+        topics = await self.hub.bus.load_session(old_id) if old_id else None
+        if topics is None:
+            raise EnvelopeError(
+                ErrorCode.RESUME_EXPIRED,
+                "The session can no longer be resumed: subscribe again and reload.",
+                id=message.id,
+            )
+        self.session_id = old_id
+        seqs, replayed, gaps = await self._join(topics, message.since)
+        await self._save()
+        return Resumed(
+            session=self.session_id,
+            resume_token=self.resume_token,
+            topics=seqs,
+            replayed=replayed,
+            gap=gaps,
+        )
+
+    async def _save(self) -> None:
+        await self.hub.bus.save_session(self.session_id, self.topics, self.limits.resume_ttl)
+
+    async def close(self) -> None:
+        """Leave every topic; keep the session resumable for ``resume_ttl``."""
+        for topic in list(self.topics):
+            await self.hub.leave(self.handle, topic)
+        try:
+            await self._save()
+        except Exception as exc:
+            log.warning("could not save session %s for resume: %s", self.session_id, exc)
+
+
+def _cheap_id(text: str | bytes, protocol: Protocol) -> str | None:
+    try:
+        message = protocol.decode(text)
+    except EnvelopeError as error:
+        return error.id
+    else:
+        return message.id

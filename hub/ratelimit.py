@@ -1,0 +1,34 @@
+"""Token bucket for messages per connection (no I/O, time injected)."""
+
+from __future__ import annotations
+
+from hub.clock import Clock, system_clock
+
+
+class TokenBucket:
+    """``rate`` tokens per second refill a bucket of ``burst`` tokens; each
+    message takes one. A refused message takes nothing."""
+
+    __slots__ = ("_clock", "_tokens", "_updated", "burst", "rate")
+
+    def __init__(self, rate: float, burst: int, *, clock: Clock = system_clock):
+        if rate <= 0 or burst < 1:
+            raise ValueError("rate must be positive and burst at least 1")
+        self.rate = rate
+        self.burst = burst
+        self._clock = clock
+        self._tokens = float(burst)
+        self._updated = clock.monotonic()
+
+    def take(self, cost: float = 1.0) -> bool:
+        now = self._clock.monotonic()
+        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        self._updated = now
+        if self._tokens >= cost:
+            self._tokens -= cost
+            return True
+        return False
+
+    @property
+    def tokens(self) -> float:
+        return self._tokens

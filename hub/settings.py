@@ -1,0 +1,265 @@
+"""Settings for eGmina Hub, read from the environment.
+
+With nothing set you get the *embedded default*: SQLite, the in-memory channel
+layer and topic bus, media in-process, DEBUG on, one process. Set
+``HUB_ENV=production`` plus ``SECRET_KEY``, ``ALLOWED_HOSTS``, ``DATABASE_URL``
+and ``REDIS_URL`` for a deployment. Every variable is listed in the README.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import dj_database_url
+from django.utils.translation import gettext_lazy as _
+
+from hub.env import (
+    ConfigurationError,
+    env_bool,
+    env_float,
+    env_int,
+    env_list,
+    env_required,
+    env_str,
+)
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("HUB_VAR_DIR", str(BASE_DIR / "var")))
+
+HUB_ENV = env_str("HUB_ENV", "development")
+if HUB_ENV not in {"development", "production"}:
+    raise ConfigurationError(f"HUB_ENV={HUB_ENV!r}: use 'development' or 'production'")
+PRODUCTION = HUB_ENV == "production"
+
+# --- Core -------------------------------------------------------------------
+
+DEBUG = env_bool("DEBUG", not PRODUCTION)
+if PRODUCTION:
+    SECRET_KEY = env_required("SECRET_KEY")
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", [])
+    if not ALLOWED_HOSTS:
+        raise ConfigurationError("ALLOWED_HOSTS must be set in production")
+else:
+    # Local use only; production refuses to start without a real key.
+    SECRET_KEY = env_str("SECRET_KEY", "django-insecure-local-only-egmina-hub-development-key-0123")
+    ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", [])
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "hub",
+    "signaling",
+    "media",
+    "portal",
+    "alerts",
+    "council",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.locale.LocaleMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "hub.urls"
+ASGI_APPLICATION = "hub.asgi.application"
+AUTH_USER_MODEL = "hub.User"
+LOGIN_URL = "/admin/login/"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.template.context_processors.i18n",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        env_str("DATABASE_URL", f"sqlite:///{VAR_DIR / 'db.sqlite3'}"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 0),
+        conn_health_checks=True,
+    )
+}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis, channel layer and topic bus -------------------------------------
+
+REDIS_URL = env_str("REDIS_URL")
+# Every Redis key and channel this hub writes starts with this prefix, so that
+# tests (and several hubs) can share one Redis without touching each other.
+REDIS_PREFIX = env_str("REDIS_PREFIX", "egmina")
+# redis-py 8 caps a pool at 100 connections and times sockets out after 5 s;
+# channels_redis blocks for 5 s in BZPOPMIN. Either default breaks a busy hub
+# (HTTP 500 on concurrent group_add; idle consumers closed with 1011,
+# django/channels_redis#422), so both are settings with safe values here.
+REDIS_MAX_CONNECTIONS = env_int("REDIS_MAX_CONNECTIONS", 2000, minimum=10)
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 30.0, minimum=6.0)
+
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [
+                    {
+                        "address": REDIS_URL,
+                        "max_connections": REDIS_MAX_CONNECTIONS,
+                        "socket_timeout": REDIS_SOCKET_TIMEOUT,
+                        "socket_connect_timeout": 5.0,
+                    }
+                ],
+                "prefix": f"{REDIS_PREFIX}:asgi",
+                "capacity": env_int("CHANNEL_CAPACITY", 500, minimum=10),
+                "expiry": 60,
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+# --- The real-time envelope (hub.envelope, hub.consumers, hub.live) ---------
+
+REALTIME = {
+    # Largest incoming text frame, in bytes; larger ones are refused.
+    "MAX_FRAME_BYTES": env_int("WS_MAX_FRAME_BYTES", 64 * 1024, minimum=1024),
+    # Token bucket per connection: sustained messages per second and burst.
+    "RATE_PER_SECOND": env_float("WS_RATE_PER_SECOND", 10.0, minimum=0.1),
+    "RATE_BURST": env_int("WS_RATE_BURST", 30, minimum=1),
+    # A connection that keeps flooding after this many refusals is closed (4008).
+    "RATE_STRIKES_BEFORE_CLOSE": env_int("WS_RATE_STRIKES", 20, minimum=1),
+    # Concurrent WebSocket connections allowed per signed-in user and per IP.
+    "MAX_CONNECTIONS_PER_USER": env_int("WS_MAX_CONNECTIONS_PER_USER", 10, minimum=1),
+    "MAX_CONNECTIONS_PER_IP": env_int("WS_MAX_CONNECTIONS_PER_IP", 200, minimum=1),
+    # The server sends {"type": "ping"} this often; clients reconnect when they
+    # hear nothing for twice as long. A client silent for HEARTBEAT_TIMEOUT is closed.
+    "HEARTBEAT_INTERVAL": env_float("WS_HEARTBEAT_INTERVAL", 25.0, minimum=0.05),
+    "HEARTBEAT_TIMEOUT": env_float("WS_HEARTBEAT_TIMEOUT", 75.0, minimum=0.1),
+    # Events kept per topic for resume, and how long a resume token stays valid.
+    "RESUME_BUFFER": env_int("WS_RESUME_BUFFER", 1000, minimum=10),
+    "RESUME_TTL": env_int("WS_RESUME_TTL", 300, minimum=5),
+    # Topics one connection may subscribe to.
+    "MAX_SUBSCRIPTIONS": env_int("WS_MAX_SUBSCRIPTIONS", 50, minimum=1),
+    # Pending outgoing bytes per socket on the broadcast path before a slow
+    # reader is dropped (it resumes from the buffer when it comes back).
+    "MAX_SEND_BUFFER_BYTES": env_int("WS_MAX_SEND_BUFFER_BYTES", 1024 * 1024, minimum=4096),
+}
+
+# Behind nginx, take the client address from the last X-Forwarded-For hop
+# (the broadcast processes; daphne gets --proxy-headers for the same).
+WS_TRUST_X_FORWARDED_FOR = env_bool("WS_TRUST_X_FORWARDED_FOR", False)
+
+# Signed guest tokens (meeting invite links): lifetime in seconds.
+GUEST_TOKEN_MAX_AGE = env_int("GUEST_TOKEN_MAX_AGE", 12 * 3600, minimum=60)
+
+# --- Media ------------------------------------------------------------------
+
+
+def _default_ffmpeg() -> str:
+    system = shutil.which("ffmpeg")
+    if system:
+        return system
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+FFMPEG_BINARY = env_str("FFMPEG_BINARY") or _default_ffmpeg()
+# "embedded": aiortc peers run inside the web process; "worker": separate media workers.
+MEDIA_MODE = env_str("MEDIA_MODE", "worker" if REDIS_URL else "embedded")
+
+# --- Internationalisation: Polish first, English second ---------------------
+
+LANGUAGE_CODE = "pl"
+LANGUAGES = [("pl", _("Polish")), ("en", _("English"))]
+LOCALE_PATHS = [BASE_DIR / "hub" / "locale"]
+TIME_ZONE = "Europe/Warsaw"
+USE_I18N = True
+USE_TZ = True
+
+# --- Static files -------------------------------------------------------------
+
+STATIC_URL = "/static/"
+STATIC_ROOT = Path(env_str("STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+# --- Security -----------------------------------------------------------------
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    # nginx terminates TLS and sets X-Forwarded-Proto (docker/nginx.conf).
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    # Health probes come over plain HTTP from inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", False)
+
+# Who may read /metrics: a comma-separated list of client IPs (empty: anyone
+# who can reach it; production puts it behind nginx's internal location).
+METRICS_ALLOWED_IPS = env_list("METRICS_ALLOWED_IPS", [])
+
+# --- Logging: readable locally, JSON lines in production ----------------------
+
+LOG_FORMAT = env_str("LOG_FORMAT", "json" if PRODUCTION else "text")
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"},
+        },
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT},
+    },
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        "daphne": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,58 @@
+"""Who may subscribe to which topic.
+
+Topics under a public prefix are open to anyone (an alert, a council session
+on air). Any other topic needs a *grant*: a signed, expiring list of topics
+(or ``prefix*`` patterns) that a Django view hands to a client it has
+authenticated. Grants are checked with the SECRET_KEY alone, so the broadcast
+processes need no database.
+"""
+
+from __future__ import annotations
+
+import time
+
+from django.core import signing
+
+_GRANT_SALT = "hub.topics.grant"
+_public_prefixes: set[str] = {"public."}
+
+
+def register_public_prefix(prefix: str) -> None:
+    """Apps call this in ``AppConfig.ready`` for their public topics."""
+    _public_prefixes.add(prefix)
+
+
+def is_public(topic: str) -> bool:
+    return any(topic.startswith(prefix) for prefix in _public_prefixes)
+
+
+def issue_grant(topics: list[str], *, subject: str, max_age: int = 3600) -> str:
+    """A signed grant for ``topics`` (``"meet.abc*"`` covers a prefix)."""
+    payload = {"t": list(topics), "s": subject, "e": int(time.time()) + max_age}
+    return signing.dumps(payload, salt=_GRANT_SALT, compress=True)
+
+
+def granted_topics(grant: str | None) -> list[str]:
+    """The topic patterns in a valid grant; an empty list if it is invalid or old."""
+    if not grant:
+        return []
+    try:
+        payload = signing.loads(grant, salt=_GRANT_SALT)
+    except (signing.BadSignature, ValueError):
+        return []
+    if not isinstance(payload, dict) or not isinstance(payload.get("e"), int):
+        return []
+    if payload["e"] < time.time():
+        return []
+    topics = payload.get("t")
+    return [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+
+
+def pattern_allows(pattern: str, topic: str) -> bool:
+    if pattern.endswith("*"):
+        return topic.startswith(pattern[:-1])
+    return topic == pattern
+
+
+def may_subscribe(topic: str, patterns: list[str]) -> bool:
+    return is_public(topic) or any(pattern_allows(p, topic) for p in patterns)

@@ -1,0 +1,3 @@
+"""WebSocket routes of the signaling app (collected by hub.routing)."""
+
+websocket_urlpatterns: list = []
