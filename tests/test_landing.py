@@ -1,0 +1,136 @@
+"""The landing page and the base template: language, structure, accessibility basics."""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+from itertools import pairwise
+
+import pytest
+
+pytestmark = pytest.mark.django_db
+
+# Every link the landing page may carry. The modules do not exist yet, so no
+# card may link anywhere (we never point residents at a feature that is not there).
+ALLOWED_LINKS = {"#main", "/", "/admin/", "/healthz"}
+
+
+class PageOutline(HTMLParser):
+    """Collects what the tests look at: links in order, headings, module cards."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.links: list[str] = []
+        self.headings: list[int] = []
+        self.html_lang: str | None = None
+        self.cards = 0
+        self.badges = 0
+        self.card_links = 0
+        self._card_depth = 0
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        classes = (attributes.get("class") or "").split()
+        if tag == "html":
+            self.html_lang = attributes.get("lang")
+        if tag in {"h1", "h2", "h3", "h4", "h5", "h6"}:
+            self.headings.append(int(tag[1]))
+        if tag == "a":
+            self.links.append(attributes.get("href"))
+            if self._card_depth:
+                self.card_links += 1
+        if tag == "li":
+            if self._card_depth:
+                self._card_depth += 1
+            elif "card" in classes:
+                self.cards += 1
+                self._card_depth = 1
+        if tag == "span" and "badge" in classes and self._card_depth:
+            self.badges += 1
+
+    def handle_endtag(self, tag):
+        if tag == "li" and self._card_depth:
+            self._card_depth -= 1
+
+
+def outline_of(response) -> PageOutline:
+    parser = PageOutline()
+    parser.feed(response.content.decode())
+    return parser
+
+
+def test_landing_is_polish_by_default(client):
+    response = client.get("/")
+
+    assert response.status_code == 200
+    page = response.content.decode()
+    assert outline_of(response).html_lang == "pl"
+    assert "Przejdź do treści" in page
+    assert "E-usługi Gminy Głogów Małopolski" in page
+    assert "Wirtualne spotkania" in page
+    assert "Zarządzanie kryzysowe" in page
+    assert "eBOM — konto mieszkańca" in page
+    assert "Dla administratorów" in page
+
+
+def test_language_switch_to_english_and_back(client):
+    response = client.post("/i18n/setlang/", {"language": "en", "next": "/"})
+    assert response.status_code == 302
+    assert response["Location"] == "/"
+
+    response = client.get("/")
+    page = response.content.decode()
+    assert outline_of(response).html_lang == "en"
+    assert "Skip to content" in page
+    assert "E-services of Gmina Głogów Małopolski" in page
+    assert "Virtual meetings" in page
+    assert "In preparation" in page
+    assert "W przygotowaniu" not in page
+
+    client.post("/i18n/setlang/", {"language": "pl", "next": "/"})
+    assert outline_of(client.get("/")).html_lang == "pl"
+
+
+def test_language_switch_form_posts_to_set_language_with_csrf(client):
+    page = client.get("/").content.decode()
+
+    assert 'action="/i18n/setlang/" method="post"' in page
+    assert 'name="csrfmiddlewaretoken"' in page
+    assert '<input type="hidden" name="next" value="/">' in page
+    assert 'value="pl" lang="pl"' in page
+    assert 'value="en" lang="en"' in page
+
+
+def test_skip_link_is_the_first_link_and_targets_main(client):
+    response = client.get("/")
+    page = response.content.decode()
+
+    assert outline_of(response).links[0] == "#main"
+    assert '<main id="main" tabindex="-1">' in page
+    assert '<div id="live-banner" role="status" aria-live="polite" hidden></div>' in page
+
+
+def test_headings_have_one_h1_and_no_skipped_levels(client):
+    headings = outline_of(client.get("/")).headings
+
+    assert headings.count(1) == 1
+    assert headings[0] == 1
+    for previous, current in pairwise(headings):
+        assert current <= previous + 1, headings
+
+
+def test_every_module_card_is_marked_in_preparation_and_links_nowhere(client):
+    outline = outline_of(client.get("/"))
+
+    assert outline.cards == 4
+    assert outline.badges == 4
+    assert outline.card_links == 0
+    assert set(outline.links) <= ALLOWED_LINKS, outline.links
+
+
+def test_site_css_is_served_by_whitenoise(client):
+    response = client.get("/static/hub/css/site.css")
+
+    assert response.status_code == 200
+    assert response["Content-Type"].startswith("text/css")
+    body = b"".join(response.streaming_content)
+    assert b"prefers-reduced-motion" in body
