@@ -82,11 +82,11 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         self._counted = True
         if self.require_login and principal == "anonymous":
             metrics.REFUSED.labels("unauthenticated").inc()
-            await self.close(code=CloseCode.UNAUTHENTICATED)
+            await self.close(code=int(CloseCode.UNAUTHENTICATED))
             return
         if not await self._acquire_slots(principal, limits):
             metrics.REFUSED.labels("too_many_connections").inc()
-            await self.close(code=CloseCode.TOO_MANY_CONNECTIONS)
+            await self.close(code=int(CloseCode.TOO_MANY_CONNECTIONS))
             return
         self.session = RealtimeSession(
             hub=consumer_hub(),
@@ -141,7 +141,7 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         while True:
             frame = await self._outbox.get()
             if frame is None:
-                await self.close(code=CloseCode.TOO_SLOW)
+                await self.close(code=int(CloseCode.TOO_SLOW))
                 return
             await self.send(text_data=frame)
             sent.inc()
@@ -169,7 +169,7 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
             return
         close_code = await self.session.receive(text_data)
         if close_code is not None:
-            await self.close(code=close_code)
+            await self.close(code=int(close_code))
 
     async def disconnect(self, code):
         for task in self._tasks:

@@ -130,8 +130,8 @@ class Subscribed(Message, tag="subscribed"):
     held everything asked for (the client should reload their state)."""
 
     topics: dict[str, int]
-    replayed: int = 0
-    gap: list[str] = []
+    replayed: int
+    gap: list[str]
 
 
 class Unsubscribed(Message, tag="unsubscribed"):
@@ -142,8 +142,8 @@ class Resumed(Message, tag="resumed"):
     session: str
     resume_token: str
     topics: dict[str, int]
-    replayed: int = 0
-    gap: list[str] = []
+    replayed: int
+    gap: list[str]
 
 
 class Error(Message, tag="error"):

@@ -1,7 +1,9 @@
 """Prometheus metrics of one process (each daphne and broadcast process is
 scraped on its own ``/metrics``)."""
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+
+__all__ = ["REGISTRY"]
 
 OPEN_SOCKETS = Gauge("hub_ws_open_sockets", "WebSocket connections open now", ["endpoint"])
 MESSAGES_IN = Counter("hub_ws_messages_in_total", "WebSocket messages received", ["endpoint"])

@@ -11,6 +11,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from hub import metrics as hub_metrics
+
 log = logging.getLogger(__name__)
 
 
@@ -66,4 +68,4 @@ def metrics(request):
     allowed = settings.METRICS_ALLOWED_IPS
     if allowed and request.META.get("REMOTE_ADDR") not in allowed:
         return HttpResponseForbidden("metrics are not available from this address\n")
-    return HttpResponse(generate_latest(), content_type=CONTENT_TYPE_LATEST)
+    return HttpResponse(generate_latest(hub_metrics.REGISTRY), content_type=CONTENT_TYPE_LATEST)

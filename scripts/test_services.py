@@ -71,8 +71,19 @@ def start_redis(workdir: Path, procs: list) -> str:
     port = free_port()
     procs.append(
         subprocess.Popen(
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-             "--appendonly", "no", "--dir", str(workdir)],
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(workdir),
+            ],
             stdout=subprocess.DEVNULL,
         )
     )
@@ -97,13 +108,37 @@ def start_postgres(workdir: Path, procs: list) -> str:
     run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if run_as:
         shutil.chown(workdir, "postgres")
-    subprocess.run([*run_as, str(bindir / "initdb"), "-D", str(datadir), "-U", "postgres",
-                    "--auth=trust", "-E", "UTF8"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *run_as,
+            str(bindir / "initdb"),
+            "-D",
+            str(datadir),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     procs.append(
         subprocess.Popen(
-            [*run_as, str(bindir / "postgres"), "-D", str(datadir), "-p", str(port),
-             "-h", "127.0.0.1", "-k", str(workdir)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            [
+                *run_as,
+                str(bindir / "postgres"),
+                "-D",
+                str(datadir),
+                "-p",
+                str(port),
+                "-h",
+                "127.0.0.1",
+                "-k",
+                str(workdir),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
     )
     url = f"postgres://postgres@127.0.0.1:{port}/postgres"
@@ -135,8 +170,11 @@ def main(argv: list[str]) -> int:
         env["DATABASE_URL"] = db_url
         # Every key of this run under its own prefix; the suite deletes them at the end.
         env.setdefault("REDIS_PREFIX", f"egmina-test-{secrets.token_hex(4)}")
-        print(f"test services: Redis {redis_url}, PostgreSQL {db_url}, "
-              f"key prefix {env['REDIS_PREFIX']}", flush=True)
+        print(
+            f"test services: Redis {redis_url}, PostgreSQL {db_url}, "
+            f"key prefix {env['REDIS_PREFIX']}",
+            flush=True,
+        )
         return subprocess.call(command, env=env)
     finally:
         for proc in procs:

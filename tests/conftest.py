@@ -1,0 +1,150 @@
+"""Shared fixtures: the real Redis and PostgreSQL that `make test` provides,
+and real daphne / broadcast server processes on free loopback ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+def pytest_configure(config):
+    missing = [name for name in ("REDIS_URL", "DATABASE_URL") if not os.environ.get(name)]
+    if missing:
+        pytest.exit(
+            f"{', '.join(missing)} not set: the suite runs against real Redis and PostgreSQL. "
+            "Run it with `make test` (which finds or starts them), or set both.",
+            returncode=2,
+        )
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    return os.environ["REDIS_URL"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_keys(redis_url):
+    yield
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    prefix = os.environ.get("REDIS_PREFIX", "egmina")
+    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+        client.delete(key)
+    client.close()
+
+
+@pytest.fixture
+def key_prefix() -> str:
+    """A Redis key prefix of this test alone."""
+    return f"{os.environ.get('REDIS_PREFIX', 'egmina')}:{secrets.token_hex(4)}"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_bus():
+    from hub.bus import reset_bus
+
+    reset_bus()
+    yield
+    reset_bus()
+
+
+@pytest.fixture
+async def redis_bus(redis_url, key_prefix):
+    from hub.bus import RedisBus
+
+    bus = RedisBus(redis_url, prefix=key_prefix, buffer_size=50, seq_ttl=3600)
+    yield bus
+    await bus.close()
+
+
+@pytest.fixture
+def memory_bus():
+    from hub.bus import MemoryBus
+
+    return MemoryBus(buffer_size=50, seq_ttl=3600)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer within {timeout} s")
+
+
+class Processes:
+    """Starts hub processes on loopback and stops them after the test."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.procs: list[subprocess.Popen] = []
+
+    def _start(self, argv: list[str], port: int, extra_env: dict | None) -> int:
+        env = {**self.env, **(extra_env or {})}
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+        self.procs.append(proc)
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
+        return port
+
+    def daphne(self, extra_env: dict | None = None) -> int:
+        port = free_port()
+        argv = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "hub.asgi:application"]
+        return self._start(argv, port, extra_env)
+
+    def broadcast(self, extra_env: dict | None = None) -> int:
+        port = free_port()
+        argv = [PYTHON, "manage.py", "broadcast_server", "--host", "127.0.0.1", "--port", str(port)]
+        return self._start(argv, port, extra_env)
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@pytest.fixture
+def hub_processes(redis_url, key_prefix):
+    """Start daphne and broadcast processes sharing one Redis key prefix."""
+    env = {
+        **os.environ,
+        "REDIS_URL": redis_url,
+        "REDIS_PREFIX": key_prefix,
+        "HUB_ENV": "development",
+        "LOG_LEVEL": "WARNING",
+        "WS_HEARTBEAT_INTERVAL": "25",
+    }
+    processes = Processes(env)
+    yield processes
+    processes.stop()
+
+
+ORIGIN = "http://127.0.0.1"

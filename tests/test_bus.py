@@ -1,0 +1,183 @@
+"""The topic bus, against real Redis and in memory: one contract, two implementations."""
+
+import asyncio
+import json
+
+import pytest
+
+from hub.bus import MemoryBus, RedisBus, make_frame, seq_of, time_of
+
+
+@pytest.fixture(params=["redis", "memory"])
+async def bus(request, redis_url, key_prefix):
+    if request.param == "memory":
+        yield MemoryBus(buffer_size=5, seq_ttl=3600)
+        return
+    instance = RedisBus(redis_url, prefix=key_prefix, buffer_size=5, seq_ttl=3600)
+    yield instance
+    await instance.close()
+
+
+async def collect(bus, topic):
+    got = []
+    baseline = await bus.listen(topic, lambda t, seq, frame: got.append((seq, frame)))
+    return baseline, got
+
+
+async def wait_until(predicate, timeout=5.0):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.01)
+
+
+async def test_publish_numbers_events_and_frames_are_json(bus):
+    assert await bus.publish("public.a", "x.happened", {"n": 1}) == 1
+    assert await bus.publish("public.a", "x.happened", {"n": 2}) == 2
+    assert await bus.publish("public.b", "x.happened", None) == 1
+    history = await bus.history("public.a", 0, 2)
+    assert history.complete
+    decoded = [json.loads(frame) for frame in history.frames]
+    assert [d["seq"] for d in decoded] == [1, 2]
+    assert decoded[0]["topic"] == "public.a"
+    assert decoded[0]["type"] == "x.happened"
+    assert decoded[1]["data"] == {"n": 2}
+    assert abs(decoded[0]["time"] - time_of(history.frames[0])) < 1e-6
+
+
+async def test_listeners_get_every_event_after_the_baseline_in_order(bus):
+    await bus.publish("public.a", "before", None)
+    baseline, got = await collect(bus, "public.a")
+    assert baseline == 1
+    for n in range(10):
+        await bus.publish("public.a", "tick", {"n": n})
+    await wait_until(lambda: len(got) == 10)
+    assert [seq for seq, _ in got] == list(range(2, 12))
+    assert [json.loads(f)["data"]["n"] for _, f in got] == list(range(10))
+
+
+async def test_buffer_is_bounded_and_reports_gaps(bus):
+    for n in range(8):
+        await bus.publish("public.a", "tick", {"n": n})
+    history = await bus.history("public.a", 0, 8)
+    assert not history.complete
+    assert [seq_of(f) for f in history.frames] == [4, 5, 6, 7, 8]
+    recent = await bus.history("public.a", 5, 8)
+    assert recent.complete
+    assert [seq_of(f) for f in recent.frames] == [6, 7, 8]
+    assert (await bus.history("public.a", 8, 8)).frames == []
+
+
+async def test_unlisten_stops_delivery(bus):
+    got = []
+
+    def listener(topic, seq, frame):
+        got.append(seq)
+
+    await bus.listen("public.a", listener)
+    await bus.publish("public.a", "one", None)
+    await wait_until(lambda: got == [1])
+    await bus.unlisten("public.a", listener)
+    await bus.publish("public.a", "two", None)
+    await asyncio.sleep(0.2)
+    assert got == [1]
+    assert bus.listened_topics() == 0
+
+
+@pytest.mark.parametrize("topic", ["", "Public.A", "a b", "x" * 200, "ą"])
+async def test_invalid_topics_are_refused(bus, topic):
+    with pytest.raises(ValueError, match="invalid topic"):
+        await bus.publish(topic, "x", None)
+
+
+async def test_sessions_expire(bus):
+    await bus.save_session("s1", ["public.a", "public.b"], ttl=60)
+    assert await bus.load_session("s1") == ["public.a", "public.b"]
+    await bus.save_session("s2", [], ttl=60)
+    assert await bus.load_session("s2") == []
+    assert await bus.load_session("unknown") is None
+
+
+async def test_connection_slots_limit_release_and_expire(bus):
+    claims = [("ip:1.2.3.4", 2), ("user:7", 5)]
+    assert await bus.acquire_slots(claims, "c1", ttl=60) == 0
+    assert await bus.acquire_slots(claims, "c2", ttl=60) == 0
+    assert await bus.acquire_slots(claims, "c3", ttl=60) == 1  # the IP is full
+    # A failed acquisition took nothing under the other key.
+    assert await bus.acquire_slots([("user:7", 3)], "c4", ttl=60) == 0
+    assert await bus.acquire_slots([("user:7", 3)], "c5", ttl=60) == 1
+    await bus.release_slots([("ip:1.2.3.4", "c1")])
+    assert await bus.acquire_slots([("ip:1.2.3.4", 2)], "c6", ttl=60) == 0
+    # Slots of a process that died without releasing them expire.
+    assert await bus.acquire_slots([("ip:9.9.9.9", 1)], "dead", ttl=0.2) == 0
+    await asyncio.sleep(0.3)
+    assert await bus.acquire_slots([("ip:9.9.9.9", 1)], "alive", ttl=60) == 0
+
+
+def test_frames_carry_seq_and_time():
+    frame = make_frame("public.a", 42, '"time":12.5,"type":"t","data":null}')
+    assert json.loads(frame) == {
+        "topic": "public.a",
+        "seq": 42,
+        "time": 12.5,
+        "type": "t",
+        "data": None,
+    }
+    assert seq_of(frame) == 42
+    assert time_of(frame) == 12.5
+
+
+async def test_redis_bus_shares_topics_between_instances(redis_url, key_prefix):
+    """Two buses on one Redis stand for two processes."""
+    a = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    b = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    try:
+        _, got = await collect(a, "public.shared")
+        for n in range(20):
+            await b.publish("public.shared", "tick", {"n": n})
+        assert b.publish_sync("public.shared", "tick", {"n": 20}) == 21
+        await wait_until(lambda: len(got) == 21)
+        assert [seq for seq, _ in got] == list(range(1, 22))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_redis_bus_fills_the_gap_after_losing_its_connection(redis_url, key_prefix):
+    """Events published while the subscriber's connection is down still arrive, in order."""
+    import redis.asyncio as aioredis
+
+    listener_bus = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    publisher = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        _, got = await collect(listener_bus, "public.gap")
+        await publisher.publish("public.gap", "tick", {"n": 0})
+        await wait_until(lambda: len(got) == 1)
+        # Kill the subscriber's pub/sub connection, as a network failure would.
+        clients = await admin.client_list()
+        killed = 0
+        for client in clients:
+            if "subscribe" in client.get("cmd", "") or int(client.get("sub", 0)) > 0:
+                await admin.client_kill_filter(_id=client["id"])
+                killed += 1
+        assert killed >= 1
+        for n in range(1, 6):
+            await publisher.publish("public.gap", "tick", {"n": n})
+        await wait_until(lambda: len(got) == 6, timeout=15)
+        assert [seq for seq, _ in got] == [1, 2, 3, 4, 5, 6]
+    finally:
+        await listener_bus.close()
+        await publisher.close()
+        await admin.aclose()
+
+
+async def test_memory_bus_publish_from_a_thread_reaches_the_loop(memory_bus):
+    _, got = await collect(memory_bus, "public.thread")
+    seqs = await asyncio.to_thread(
+        lambda: [memory_bus.publish_sync("public.thread", "t", {"n": n}) for n in range(50)]
+    )
+    assert seqs == list(range(1, 51))
+    await wait_until(lambda: len(got) == 50)
+    assert [seq for seq, _ in got] == list(range(1, 51))
