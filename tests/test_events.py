@@ -1,0 +1,26 @@
+"""hub.events: events leave only after the transaction commits."""
+
+import pytest
+from django.db import transaction
+
+from hub.bus import get_bus
+from hub.events import publish_now, publish_on_commit
+
+
+@pytest.mark.django_db(transaction=True)
+def test_event_waits_for_commit_and_is_dropped_on_rollback():
+    bus = get_bus()
+    topic = "public.events-commit"
+
+    class Boom(Exception):
+        pass
+
+    with pytest.raises(Boom), transaction.atomic():
+        publish_on_commit(topic, "never", {})
+        raise Boom
+    assert bus.publish_sync(topic, "probe", None) == 1  # nothing was published before
+
+    with transaction.atomic():
+        publish_on_commit(topic, "after.commit", {"ok": True})
+        assert bus.publish_sync(topic, "probe", None) == 2  # not yet
+    assert publish_now(topic, "probe", None) == 4  # the committed event took seq 3
