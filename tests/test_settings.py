@@ -109,3 +109,16 @@ def test_bad_hub_env_is_refused():
     result = run_manage("check", env={"HUB_ENV": "staging"})
     assert result.returncode != 0
     assert "HUB_ENV='staging'" in result.stderr
+
+
+def test_production_logs_are_json_lines():
+    code = "import logging; logging.getLogger('hub.test').warning('zażółć %s', 'gęślą')"
+    result = run_manage("shell", "-v", "0", "-c", code, env=PRODUCTION)
+    assert result.returncode == 0, result.stderr
+    import json
+
+    record = json.loads(result.stderr.strip().splitlines()[-1])
+    assert record["level"] == "WARNING"
+    assert record["logger"] == "hub.test"
+    assert record["message"] == "zażółć gęślą"
+    assert "time" in record
