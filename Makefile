@@ -27,6 +27,7 @@ run: install
 
 ## make test: the whole suite against real Redis and PostgreSQL (scripts/test_services.py)
 test: install
+	@bash scripts/system_deps.sh
 	$(PY) scripts/test_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: install
