@@ -16,6 +16,7 @@ import contextlib
 import logging
 import secrets
 import signal
+import time
 from http import HTTPStatus
 from urllib.parse import urlparse
 
@@ -30,7 +31,7 @@ from websockets.protocol import State
 
 from hub import metrics
 from hub.bus import TopicBus, get_bus
-from hub.envelope import CloseCode, EnvelopeError, ErrorCode, ServerPing, encode
+from hub.envelope import CloseCode, ServerPing, encode
 from hub.live import LiveHub, RealtimeSession, SessionLimits
 
 log = logging.getLogger(__name__)
@@ -101,12 +102,8 @@ class BroadcastServer:
         self._open.inc()
         try:
             await ws.send(session.welcome())
-            async for text in ws:
-                if isinstance(text, bytes):
-                    error = EnvelopeError(ErrorCode.BAD_MESSAGE, "Send JSON in text frames.")
-                    await ws.send(encode(error.to_message()))
-                    continue
-                close_code = await session.receive(text)
+            async for frame in ws:
+                close_code = await session.receive(frame)
                 if close_code is not None:
                     await ws.close(close_code)
                     break
@@ -127,7 +124,7 @@ class BroadcastServer:
         interval = self.limits.heartbeat_interval
         while True:
             await asyncio.sleep(interval)
-            frame = encode(ServerPing(time=asyncio.get_running_loop().time()))
+            frame = encode(ServerPing(time=time.time()))
             websockets.broadcast(self.connections, frame)
             pairs = [pair for slots in self._slots.values() for pair in slots]
             if pairs:

@@ -197,15 +197,22 @@ class RedisBus(TopicBus):
 
         self.url = url
         self.prefix = prefix
+        # Named, so that CLIENT LIST shows whose connections these are.
+        self.client_name = f"{prefix}:bus"
         self.redis = aioredis.Redis.from_url(
             url,
             decode_responses=True,
             max_connections=max_connections,
             socket_timeout=socket_timeout,
             socket_connect_timeout=5.0,
+            client_name=self.client_name,
         )
         self._sync_redis = redis.Redis.from_url(
-            url, decode_responses=True, socket_timeout=socket_timeout, socket_connect_timeout=5.0
+            url,
+            decode_responses=True,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=5.0,
+            client_name=self.client_name,
         )
         self._publish_script = self.redis.register_script(self._PUBLISH)
         self._publish_script_sync = self._sync_redis.register_script(self._PUBLISH)
@@ -337,23 +344,21 @@ class RedisBus(TopicBus):
 
     # Resume sessions -------------------------------------------------------------
 
-    async def save_session(self, session_id: str, topics: Iterable[str], ttl: int) -> None:
+    async def save_session(self, session_id: str, topics: dict[str, int], ttl: int) -> None:
+        """Keep a connection's topics (topic -> grant expiry, 0 for none) for resume."""
         key = self._key("session", session_id)
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(key)
-            topics = list(topics)
-            if topics:
-                pipe.sadd(key, *topics)
-            else:
-                pipe.sadd(key, "")
+            # An empty session is still a session: the "" field marks it.
+            pipe.hset(key, mapping={"": 0, **topics})
             pipe.expire(key, ttl)
             await pipe.execute()
 
-    async def load_session(self, session_id: str) -> list[str] | None:
-        members = await self.redis.smembers(self._key("session", session_id))
-        if not members:
+    async def load_session(self, session_id: str) -> dict[str, int] | None:
+        fields = await self.redis.hgetall(self._key("session", session_id))
+        if not fields:
             return None
-        return sorted(m for m in members if m)
+        return {topic: int(expiry) for topic, expiry in sorted(fields.items()) if topic}
 
     # Connection slots ---------------------------------------------------------------
 
@@ -408,7 +413,7 @@ class MemoryBus(TopicBus):
         self._lock = threading.Lock()
         self._seq: dict[str, int] = collections.defaultdict(int)
         self._log: dict[str, collections.deque] = {}
-        self._sessions: dict[str, tuple[list[str], float]] = {}
+        self._sessions: dict[str, tuple[dict[str, int], float]] = {}
         self._slots: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
@@ -462,15 +467,15 @@ class MemoryBus(TopicBus):
     async def _unsubscribe(self, topic: str) -> None:
         return None
 
-    async def save_session(self, session_id: str, topics: Iterable[str], ttl: int) -> None:
-        self._sessions[session_id] = (sorted(topics), self._clock.time() + ttl)
+    async def save_session(self, session_id: str, topics: dict[str, int], ttl: int) -> None:
+        self._sessions[session_id] = (dict(sorted(topics.items())), self._clock.time() + ttl)
 
-    async def load_session(self, session_id: str) -> list[str] | None:
+    async def load_session(self, session_id: str) -> dict[str, int] | None:
         entry = self._sessions.get(session_id)
         if entry is None or entry[1] < self._clock.time():
             self._sessions.pop(session_id, None)
             return None
-        return list(entry[0])
+        return dict(entry[0])
 
     async def acquire_slots(self, claims: list[tuple[str, int]], member: str, ttl: float) -> int:
         now = self._clock.time()

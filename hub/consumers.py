@@ -21,8 +21,6 @@ from hub.bus import get_bus
 from hub.envelope import (
     HUB_PROTOCOL,
     CloseCode,
-    EnvelopeError,
-    ErrorCode,
     Message,
     Protocol,
     ServerPing,
@@ -75,6 +73,11 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         self._slots: list[tuple[str, str]] = []
         self._outbox: asyncio.Queue[str | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task] = []
+        self._closed = False
+        self._too_slow = False
+        # Set while the outbox has room for replies and replays (see _enqueue).
+        self._room = asyncio.Event()
+        self._room.set()
         self.session = None
         principal = principal_of(self.scope)
         await self.accept()
@@ -121,15 +124,29 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
 
     def push(self, frame: str) -> None:
         """Queue a frame for this client (called by the LiveHub fan-out)."""
+        if self._too_slow:
+            return
         if self._outbox.qsize() >= self.max_queued_frames:
-            if not getattr(self, "_too_slow", False):
-                self._too_slow = True
-                metrics.REFUSED.labels("too_slow").inc()
-                self._outbox.put_nowait(None)
+            self._too_slow = True
+            self._room.set()
+            metrics.REFUSED.labels("too_slow").inc()
+            self._outbox.put_nowait(None)
             return
         self._outbox.put_nowait(frame)
 
     async def _enqueue(self, text: str) -> None:
+        """Queue a reply, a replayed event or a heartbeat.
+
+        These answer the client's own requests, so when the outbox is half
+        full this waits for the writer instead of dropping the client as too
+        slow: a replay may be longer than the outbox (RESUME_BUFFER events plus
+        the live ones that arrived meanwhile). The other half is left for the
+        live fan-out, which cannot wait.
+        """
+        high_water = max(1, self.max_queued_frames // 2)
+        while self._outbox.qsize() >= high_water and not (self._too_slow or self._closed):
+            self._room.clear()
+            await self._room.wait()
         self.push(text)
 
     async def send_message(self, message: Message) -> None:
@@ -138,8 +155,11 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
 
     async def _write_forever(self) -> None:
         sent = metrics.MESSAGES_OUT.labels(self.endpoint)
+        high_water = max(1, self.max_queued_frames // 2)
         while True:
             frame = await self._outbox.get()
+            if self._outbox.qsize() < high_water:
+                self._room.set()
             if frame is None:
                 await self.close(code=int(CloseCode.TOO_SLOW))
                 return
@@ -156,27 +176,29 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
                     await get_bus().refresh_slots(self._slots, interval * 3)
 
     async def receive(self, text_data=None, bytes_data=None):
-        if self.session is None:
+        # Frames that arrive after we closed (the client has not seen the close
+        # frame yet) are not processed: a flooder would keep us busy otherwise.
+        if self.session is None or self._closed:
             return
-        if text_data is None:
-            await self._enqueue(
-                encode(
-                    EnvelopeError(
-                        ErrorCode.BAD_MESSAGE, "Send JSON in text frames, not binary."
-                    ).to_message()
-                )
-            )
-            return
-        close_code = await self.session.receive(text_data)
+        frame = text_data if text_data is not None else (bytes_data or b"")
+        close_code = await self.session.receive(frame)
         if close_code is not None:
             await self.close(code=int(close_code))
+
+    async def close(self, code=None, reason=None):
+        self._closed = True
+        room = getattr(self, "_room", None)  # a subclass may close before connect() ran
+        if room is not None:
+            room.set()
+        await super().close(code=code, reason=reason)
 
     async def disconnect(self, code):
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(BaseException):
-                await task
+        if self._tasks:
+            # gather, not suppress(BaseException) around each await: that also
+            # swallowed a cancellation of this consumer itself.
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.session is not None:
             await self.session.close()
         if self._slots:

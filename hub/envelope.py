@@ -144,6 +144,8 @@ class Resumed(Message, tag="resumed"):
     topics: dict[str, int]
     replayed: int
     gap: list[str]
+    # Topics not restored because the grant that allowed them has expired.
+    expired: list[str] = []
 
 
 class Error(Message, tag="error"):

@@ -41,7 +41,7 @@ from hub.envelope import (
     encode,
 )
 from hub.ratelimit import TokenBucket
-from hub.topics import granted_topics, may_subscribe
+from hub.topics import Grant, is_public, pattern_allows, read_grant
 
 log = logging.getLogger(__name__)
 
@@ -198,7 +198,8 @@ class RealtimeSession:
 
     def __post_init__(self) -> None:
         self.session_id = secrets.token_urlsafe(16)
-        self.topics: set[str] = set()
+        # Subscribed topic -> Unix time its grant expires (0: public or allowed).
+        self.topics: dict[str, int] = {}
         self.bucket = TokenBucket(
             self.limits.rate_per_second, self.limits.rate_burst, clock=self.clock
         )
@@ -219,9 +220,11 @@ class RealtimeSession:
             )
         )
 
-    async def receive(self, text: str | bytes) -> int | None:
+    async def receive(self, frame: str | bytes) -> int | None:
+        """One incoming frame, text or binary. Binary frames are refused, but
+        count against the size and rate limits like any other."""
         self._received.inc()
-        if len(text) > self.limits.max_frame_bytes:
+        if _frame_bytes(frame, self.limits.max_frame_bytes) > self.limits.max_frame_bytes:
             metrics.REFUSED.labels("frame_too_large").inc()
             return CloseCode.MESSAGE_TOO_BIG
         if not self.bucket.take():
@@ -229,7 +232,7 @@ class RealtimeSession:
             if self.strikes > self.limits.rate_strikes_before_close:
                 metrics.REFUSED.labels("rate_limited").inc()
                 return CloseCode.RATE_LIMITED
-            request_id = _cheap_id(text, self.protocol)
+            request_id = _cheap_id(frame, self.protocol) if isinstance(frame, str) else None
             await self._send_error(
                 EnvelopeError(
                     ErrorCode.RATE_LIMITED,
@@ -238,6 +241,12 @@ class RealtimeSession:
                 )
             )
             return None
+        if isinstance(frame, bytes):
+            await self._send_error(
+                EnvelopeError(ErrorCode.BAD_MESSAGE, "Send JSON in text frames, not binary.")
+            )
+            return None
+        text = frame
         try:
             message = self.protocol.decode(text)
         except EnvelopeError as error:
@@ -279,26 +288,38 @@ class RealtimeSession:
             raise EnvelopeError(ErrorCode.UNKNOWN_TYPE, "This endpoint does not take that type.")
         return await handler(message)
 
+    def _expiry_of(self, topic: str, grant: Grant) -> int | None:
+        """0 if the topic needs no grant, the grant's expiry if it covers the
+        topic, None if this connection may not subscribe to it."""
+        if is_public(topic) or any(pattern_allows(p, topic) for p in self.allowed_topics):
+            return 0
+        if any(pattern_allows(p, topic) for p in grant.patterns):
+            return grant.expires
+        return None
+
     async def _subscribe(self, message: Subscribe) -> Subscribed:
-        patterns = [*self.allowed_topics, *granted_topics(message.grant)]
-        new = [t for t in dict.fromkeys(message.topics) if t not in self.topics]
-        for topic in new:
-            if not may_subscribe(topic, patterns):
+        grant = read_grant(message.grant)
+        new: dict[str, int] = {}
+        for topic in dict.fromkeys(message.topics):
+            if topic in self.topics:
+                continue
+            expiry = self._expiry_of(topic, grant)
+            if expiry is None:
                 raise EnvelopeError(
                     ErrorCode.FORBIDDEN, f"You may not subscribe to {topic!r}.", id=message.id
                 )
+            new[topic] = expiry
         if len(self.topics) + len(new) > self.limits.max_subscriptions:
             raise EnvelopeError(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
                 f"At most {self.limits.max_subscriptions} topics per connection.",
                 id=message.id,
             )
-        since = message.since or {}
-        seqs, replayed, gaps = await self._join(message.topics, since)
+        seqs, replayed, gaps = await self._join(message.topics, new, message.since or {})
         await self._save()
         return Subscribed(id=message.id, topics=seqs, replayed=replayed, gap=gaps)
 
-    async def _join(self, topics, since: dict[str, int]):
+    async def _join(self, topics, expiries: dict[str, int], since: dict[str, int]):
         seqs: dict[str, int] = {}
         replayed = 0
         gaps: list[str] = []
@@ -309,7 +330,7 @@ class RealtimeSession:
             seq, count, complete = await self.hub.join(
                 self.handle, topic, since.get(topic), self.send
             )
-            self.topics.add(topic)
+            self.topics[topic] = expiries.get(topic, 0)
             seqs[topic] = seq
             replayed += count
             if not complete:
@@ -320,7 +341,7 @@ class RealtimeSession:
         left = []
         for topic in dict.fromkeys(message.topics):
             if topic in self.topics:
-                self.topics.discard(topic)
+                del self.topics[topic]
                 await self.hub.leave(self.handle, topic)
                 left.append(topic)
         await self._save()
@@ -328,15 +349,19 @@ class RealtimeSession:
 
     async def _resume(self, message: Resume) -> Resumed:
         old_id = read_resume_token(message.token, self.principal, self.limits.resume_ttl)
-        topics = await self.hub.bus.load_session(old_id) if old_id else None
-        if topics is None:
+        saved = await self.hub.bus.load_session(old_id) if old_id else None
+        if saved is None:
             raise EnvelopeError(
                 ErrorCode.RESUME_EXPIRED,
                 "The session can no longer be resumed: subscribe again and reload.",
                 id=message.id,
             )
+        # A grant does not outlive its expiry by being resumed again and again.
+        now = self.clock.time()
+        valid = {topic: expiry for topic, expiry in saved.items() if not expiry or expiry > now}
+        expired = sorted(set(saved) - set(valid))
         self.session_id = old_id
-        seqs, replayed, gaps = await self._join(topics, message.since)
+        seqs, replayed, gaps = await self._join(valid, valid, message.since)
         await self._save()
         return Resumed(
             session=self.session_id,
@@ -344,6 +369,7 @@ class RealtimeSession:
             topics=seqs,
             replayed=replayed,
             gap=gaps,
+            expired=expired,
         )
 
     async def _save(self) -> None:
@@ -357,6 +383,16 @@ class RealtimeSession:
             await self._save()
         except Exception as exc:
             log.warning("could not save session %s for resume: %s", self.session_id, exc)
+
+
+def _frame_bytes(frame: str | bytes, limit: int) -> int:
+    """Size in bytes; encoding is only needed when the text could be over the
+    limit (UTF-8 takes at most 4 bytes per character)."""
+    if isinstance(frame, bytes):
+        return len(frame)
+    if len(frame) * 4 <= limit:
+        return len(frame)  # even all 4-byte characters would fit
+    return len(frame.encode())
 
 
 def _cheap_id(text: str | bytes, protocol: Protocol) -> str | None:

@@ -159,9 +159,9 @@ REALTIME = {
     "MAX_CONNECTIONS_PER_USER": env_int("WS_MAX_CONNECTIONS_PER_USER", 10, minimum=1),
     "MAX_CONNECTIONS_PER_IP": env_int("WS_MAX_CONNECTIONS_PER_IP", 200, minimum=1),
     # The server sends {"type": "ping"} this often; clients reconnect when they
-    # hear nothing for twice as long. A client silent for HEARTBEAT_TIMEOUT is closed.
+    # hear nothing for twice as long. Dead clients are found by the servers'
+    # WebSocket protocol pings (daphne's and websockets' own).
     "HEARTBEAT_INTERVAL": env_float("WS_HEARTBEAT_INTERVAL", 25.0, minimum=0.05),
-    "HEARTBEAT_TIMEOUT": env_float("WS_HEARTBEAT_TIMEOUT", 75.0, minimum=0.1),
     # Events kept per topic for resume, and how long a resume token stays valid.
     "RESUME_BUFFER": env_int("WS_RESUME_BUFFER", 1000, minimum=10),
     "RESUME_TTL": env_int("WS_RESUME_TTL", 300, minimum=5),

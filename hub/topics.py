@@ -10,6 +10,7 @@ processes need no database.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from django.core import signing
 
@@ -32,27 +33,35 @@ def issue_grant(topics: list[str], *, subject: str, max_age: int = 3600) -> str:
     return signing.dumps(payload, salt=_GRANT_SALT, compress=True)
 
 
-def granted_topics(grant: str | None) -> list[str]:
-    """The topic patterns in a valid grant; an empty list if it is invalid or old."""
+@dataclass(frozen=True)
+class Grant:
+    patterns: tuple[str, ...] = ()
+    expires: int = 0  # Unix time
+
+
+NO_GRANT = Grant()
+
+
+def read_grant(grant: str | None) -> Grant:
+    """The topic patterns of a valid grant; an empty grant if it is missing,
+    forged, altered or expired."""
     if not grant:
-        return []
+        return NO_GRANT
     try:
         payload = signing.loads(grant, salt=_GRANT_SALT)
     except (signing.BadSignature, ValueError):
-        return []
+        return NO_GRANT
     if not isinstance(payload, dict) or not isinstance(payload.get("e"), int):
-        return []
+        return NO_GRANT
     if payload["e"] < time.time():
-        return []
+        return NO_GRANT
     topics = payload.get("t")
-    return [t for t in topics if isinstance(t, str)] if isinstance(topics, list) else []
+    if not isinstance(topics, list):
+        return NO_GRANT
+    return Grant(tuple(t for t in topics if isinstance(t, str)), payload["e"])
 
 
 def pattern_allows(pattern: str, topic: str) -> bool:
     if pattern.endswith("*"):
         return topic.startswith(pattern[:-1])
     return topic == pattern
-
-
-def may_subscribe(topic: str, patterns: list[str]) -> bool:
-    return is_public(topic) or any(pattern_allows(p, topic) for p in patterns)

@@ -117,3 +117,58 @@ def test_resume_tokens_cannot_be_forged():
     token = make_resume_token("sid", "anonymous")
     forged = token.replace("sid", "other", 1)
     assert read_resume_token(forged, "anonymous", 60) is None
+
+
+def _limits():
+    from hub.live import SessionLimits
+
+    return SessionLimits(
+        max_frame_bytes=65536,
+        rate_per_second=100,
+        rate_burst=100,
+        rate_strikes_before_close=5,
+        heartbeat_interval=25,
+        resume_ttl=300,
+        max_subscriptions=10,
+    )
+
+
+async def test_resume_does_not_outlive_a_grant(memory_bus):
+    """A private topic's grant expires; resuming again and again does not keep it."""
+    import time
+
+    from hub.clock import ManualClock
+    from hub.live import RealtimeSession
+    from hub.topics import issue_grant
+
+    hub = LiveHub(memory_bus, fanout)
+    first = Sink()
+    session = RealtimeSession(
+        hub=hub, handle=first, send=first.send, limits=_limits(), principal="user:1"
+    )
+    grant = issue_grant(["meet.room1"], subject="user:1", max_age=60)
+    await session.receive(
+        json.dumps(
+            {
+                "type": "subscribe",
+                "id": "s",
+                "topics": ["meet.room1", "public.news"],
+                "grant": grant,
+            }
+        )
+    )
+    assert json.loads(first.frames[-1])["type"] == "subscribed"
+    token = session.resume_token
+    await session.close()
+
+    later = ManualClock(start=time.time() + 120)
+    second = Sink()
+    resumed_session = RealtimeSession(
+        hub=hub, handle=second, send=second.send, limits=_limits(), principal="user:1", clock=later
+    )
+    await resumed_session.receive(json.dumps({"type": "resume", "id": "r", "token": token}))
+    reply = json.loads(second.frames[-1])
+    assert reply["type"] == "resumed"
+    assert reply["topics"] == {"public.news": 0}
+    assert reply["expired"] == ["meet.room1"]
+    assert set(resumed_session.topics) == {"public.news"}
