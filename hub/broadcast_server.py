@@ -30,6 +30,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 
 from hub import metrics
+from hub.auth import language_of
 from hub.bus import TopicBus, get_bus
 from hub.envelope import CloseCode, ServerPing, encode
 from hub.live import LiveHub, RealtimeSession, SessionLimits
@@ -96,7 +97,12 @@ class BroadcastServer:
             return
         self._slots[ws] = [(key, member) for key, _ in claims]
         session = RealtimeSession(
-            hub=self.hub, handle=ws, send=ws.send, limits=self.limits, endpoint="live"
+            hub=self.hub,
+            handle=ws,
+            send=ws.send,
+            limits=self.limits,
+            endpoint="live",
+            language=language_of(list(ws.request.headers.raw_items())),
         )
         self.connections.add(ws)
         self._open.inc()

@@ -16,7 +16,7 @@ from collections.abc import Collection
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from hub import metrics
-from hub.auth import client_ip, principal_of
+from hub.auth import client_ip, language_of, principal_of
 from hub.bus import get_bus
 from hub.envelope import (
     HUB_PROTOCOL,
@@ -97,6 +97,7 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
             send=self._enqueue,
             limits=limits,
             principal=principal,
+            language=language_of(self.scope.get("headers", [])),
             endpoint=self.endpoint,
             protocol=self.protocol,
             handlers=self.handlers(),

@@ -19,6 +19,7 @@ from enum import IntEnum, StrEnum
 from typing import Annotated, Any
 
 import msgspec
+from django.utils.translation import gettext_lazy as _
 
 MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9._:-]{0,127}$")]
@@ -58,13 +59,31 @@ class CloseCode(IntEnum):
 
 
 class EnvelopeError(Exception):
-    """An error to send back to the client as ``{"type": "error", ...}``."""
+    """An error to send back to the client as ``{"type": "error", ...}``.
 
-    def __init__(self, code: ErrorCode, message: str, *, id: str | None = None):
+    ``message`` is a (lazily) translatable text with ``%(name)s`` placeholders
+    filled from ``params`` when it is rendered, in the connection's language.
+    """
+
+    def __init__(
+        self,
+        code: ErrorCode,
+        message: str,
+        *,
+        id: str | None = None,
+        params: dict[str, Any] | None = None,
+    ):
         super().__init__(message)
         self.code = code
-        self.message = message
+        self.template = message
+        self.params = params or {}
         self.id = id
+
+    @property
+    def message(self) -> str:
+        """The human text, in the active language."""
+        text = str(self.template)
+        return text % self.params if self.params else text
 
     def to_message(self) -> Error:
         return Error(code=self.code.value, message=self.message, id=self.id)
@@ -202,25 +221,32 @@ class Protocol:
         except msgspec.ValidationError as exc:
             raise self._explain(text, exc) from None
         except msgspec.DecodeError:
-            raise EnvelopeError(ErrorCode.BAD_JSON, "The message is not valid JSON.") from None
+            raise EnvelopeError(ErrorCode.BAD_JSON, _("The message is not valid JSON.")) from None
 
     def _explain(self, text: str | bytes, exc: msgspec.ValidationError) -> EnvelopeError:
         try:
             probe = _probe_decoder.decode(text)
         except (msgspec.ValidationError, msgspec.DecodeError):
-            return EnvelopeError(ErrorCode.BAD_MESSAGE, "A message must be a JSON object.")
+            return EnvelopeError(ErrorCode.BAD_MESSAGE, _("A message must be a JSON object."))
         request_id = probe.id if isinstance(probe.id, str) and 0 < len(probe.id) <= 64 else None
         if not isinstance(probe.type, str):
             return EnvelopeError(
-                ErrorCode.BAD_MESSAGE, "A message needs a string field 'type'.", id=request_id
+                ErrorCode.BAD_MESSAGE, _("A message needs a string field 'type'."), id=request_id
             )
         if probe.type not in self.by_type:
             return EnvelopeError(
                 ErrorCode.UNKNOWN_TYPE,
-                f"Unknown message type {probe.type[:40]!r}.",
+                _("Unknown message type %(type)r."),
                 id=request_id,
+                params={"type": probe.type[:40]},
             )
-        return EnvelopeError(ErrorCode.BAD_MESSAGE, str(exc), id=request_id)
+        # msgspec's own words (field path and expected type) are for developers.
+        return EnvelopeError(
+            ErrorCode.BAD_MESSAGE,
+            _("Invalid message: %(detail)s"),
+            id=request_id,
+            params={"detail": str(exc)},
+        )
 
 
 def _union(kinds: tuple[type[Message], ...]) -> Any:

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from django.core import signing
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
 
 from hub import metrics
 from hub.bus import TopicBus, time_of
@@ -189,6 +191,8 @@ class RealtimeSession:
     send: Send
     limits: SessionLimits
     principal: str = "anonymous"
+    # Language of the human text in errors (codes are for programs).
+    language: str = "pl"
     endpoint: str = "live"
     protocol: Protocol = HUB_PROTOCOL
     handlers: dict[type[Message], Handler] = field(default_factory=dict)
@@ -236,14 +240,14 @@ class RealtimeSession:
             await self._send_error(
                 EnvelopeError(
                     ErrorCode.RATE_LIMITED,
-                    "Too many messages: slow down and retry later.",
+                    _("Too many messages: slow down and retry later."),
                     id=request_id,
                 )
             )
             return None
         if isinstance(frame, bytes):
             await self._send_error(
-                EnvelopeError(ErrorCode.BAD_MESSAGE, "Send JSON in text frames, not binary.")
+                EnvelopeError(ErrorCode.BAD_MESSAGE, _("Send JSON in text frames, not binary."))
             )
             return None
         text = frame
@@ -261,7 +265,7 @@ class RealtimeSession:
         except Exception:
             log.exception("handler failed", extra={"endpoint": self.endpoint})
             await self._send_error(
-                EnvelopeError(ErrorCode.INTERNAL, "Internal error; try again.", id=message.id)
+                EnvelopeError(ErrorCode.INTERNAL, _("Internal error; try again."), id=message.id)
             )
             return None
         if reply is not None:
@@ -272,7 +276,9 @@ class RealtimeSession:
 
     async def _send_error(self, error: EnvelopeError) -> None:
         metrics.ERRORS.labels(error.code.value).inc()
-        await self.send(encode(error.to_message()))
+        with translation.override(self.language):
+            frame = encode(error.to_message())
+        await self.send(frame)
 
     async def _dispatch(self, message: Message) -> Message | None:
         if isinstance(message, Ping):
@@ -285,7 +291,7 @@ class RealtimeSession:
             return await self._resume(message)
         handler = self.handlers.get(type(message))
         if handler is None:
-            raise EnvelopeError(ErrorCode.UNKNOWN_TYPE, "This endpoint does not take that type.")
+            raise EnvelopeError(ErrorCode.UNKNOWN_TYPE, _("This endpoint does not take that type."))
         return await handler(message)
 
     def _expiry_of(self, topic: str, grant: Grant) -> int | None:
@@ -306,14 +312,18 @@ class RealtimeSession:
             expiry = self._expiry_of(topic, grant)
             if expiry is None:
                 raise EnvelopeError(
-                    ErrorCode.FORBIDDEN, f"You may not subscribe to {topic!r}.", id=message.id
+                    ErrorCode.FORBIDDEN,
+                    _("You may not subscribe to %(topic)r."),
+                    id=message.id,
+                    params={"topic": topic},
                 )
             new[topic] = expiry
         if len(self.topics) + len(new) > self.limits.max_subscriptions:
             raise EnvelopeError(
                 ErrorCode.TOO_MANY_SUBSCRIPTIONS,
-                f"At most {self.limits.max_subscriptions} topics per connection.",
+                _("At most %(count)d topics per connection."),
                 id=message.id,
+                params={"count": self.limits.max_subscriptions},
             )
         seqs, replayed, gaps = await self._join(message.topics, new, message.since or {})
         await self._save()
@@ -353,7 +363,7 @@ class RealtimeSession:
         if saved is None:
             raise EnvelopeError(
                 ErrorCode.RESUME_EXPIRED,
-                "The session can no longer be resumed: subscribe again and reload.",
+                _("The session can no longer be resumed: subscribe again and reload."),
                 id=message.id,
             )
         # A grant does not outlive its expiry by being resumed again and again.

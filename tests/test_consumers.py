@@ -802,3 +802,32 @@ async def test_consumer_task_survives_a_burst_of_concurrent_connections(connect)
     await hub.bus.get_bus().publish(topic, "all", {})
     for ws in sockets:
         assert (await ws.recv())["seq"] == 1
+
+
+# --- Language of the human texts ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra_headers", "expected"),
+    [
+        ([], "Wiadomość nie jest poprawnym JSON-em."),
+        ([(b"accept-language", b"en-GB,en;q=0.9")], "The message is not valid JSON."),
+        ([(b"accept-language", b"de-DE")], "Wiadomość nie jest poprawnym JSON-em."),
+        (
+            [(b"accept-language", b"pl"), (b"cookie", b"django_language=en")],
+            "The message is not valid JSON.",
+        ),
+    ],
+)
+async def test_error_texts_speak_polish_first(connect, extra_headers, expected):
+    ws = await connect(headers=[ORIGIN, *extra_headers])
+    reply = await ws.request("{not json")
+    assert_error(reply, ErrorCode.BAD_JSON)
+    assert reply["message"] == expected
+
+
+async def test_error_parameters_are_filled_in_the_translation(connect):
+    ws = await connect()
+    reply = await ws.request({"type": "subscribe", "id": "p", "topics": ["meet.secret"]})
+    assert_error(reply, ErrorCode.FORBIDDEN, "p")
+    assert reply["message"] == "Nie możesz subskrybować tematu 'meet.secret'."
