@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
+import random
 import secrets
 import signal
 import time
@@ -128,6 +130,8 @@ class BroadcastServer:
 
     async def _heartbeat_forever(self) -> None:
         interval = self.limits.heartbeat_interval
+        # Processes started together should not all refresh at the same moment.
+        await asyncio.sleep(random.uniform(0, interval))
         while True:
             await asyncio.sleep(interval)
             frame = encode(ServerPing(time=time.time()))
@@ -173,6 +177,9 @@ class BroadcastServer:
             close_timeout=5,
             max_queue=32,
             server_header=None,
+            # asyncio's default backlog of 100 overflowed when thousands of
+            # clients came back at once (resets in the handshake; bench/README.md).
+            backlog=settings.REALTIME["LISTEN_BACKLOG"],
         )
         sockets = self._server.sockets
         if sockets and self.port == 0:
@@ -182,6 +189,11 @@ class BroadcastServer:
             loop.create_task(self._heartbeat_forever(), name="broadcast-heartbeat"),
             loop.create_task(self._drop_slow_readers_forever(), name="broadcast-slow"),
         ]
+        # Everything allocated so far lives as long as the process: keep it out
+        # of the collector's scans (full collections stalled delivery for
+        # 56–580 ms with 10,000 sockets; bench/README.md).
+        gc.collect()
+        gc.freeze()
         self.started.set()
         log.info("broadcast server listening on %s:%s", self.host, self.port)
 

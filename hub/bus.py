@@ -199,14 +199,19 @@ class RedisBus(TopicBus):
         self.prefix = prefix
         # Named, so that CLIENT LIST shows whose connections these are.
         self.client_name = f"{prefix}:bus"
-        self.redis = aioredis.Redis.from_url(
+        # A blocking pool waits for a free connection instead of raising "Too
+        # many connections": when thousands of sockets drop at once, every one
+        # of them must still save its session for resume (bench/README.md).
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
             decode_responses=True,
             max_connections=max_connections,
+            timeout=20,
             socket_timeout=socket_timeout,
             socket_connect_timeout=5.0,
             client_name=self.client_name,
         )
+        self.redis = aioredis.Redis.from_pool(pool)
         self._sync_redis = redis.Redis.from_url(
             url,
             decode_responses=True,
@@ -369,12 +374,30 @@ class RedisBus(TopicBus):
         args = [time.time(), member, ttl, *[limit for _, limit in claims]]
         return int(await self._acquire_script(keys=keys, args=args))
 
+    # A broadcast process refreshes thousands of slots per heartbeat. One ZADD
+    # per key with many members, in small pipelines with the event loop free in
+    # between: a single 5,000-command pipeline stalled delivery for up to 1 s
+    # (bench/README.md).
+    _REFRESH_MEMBERS_PER_COMMAND = 500
+    _REFRESH_COMMANDS_PER_PIPELINE = 50
+
     async def refresh_slots(self, pairs: Iterable[tuple[str, str]], ttl: float) -> None:
         expiry = time.time() + ttl
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for key, member in pairs:
-                pipe.zadd(self._key("slots", key), {member: expiry}, xx=True)
-            await pipe.execute()
+        by_key: dict[str, list[str]] = collections.defaultdict(list)
+        for key, member in pairs:
+            by_key[key].append(member)
+        commands = [
+            (self._key("slots", key), members[i : i + self._REFRESH_MEMBERS_PER_COMMAND])
+            for key, members in by_key.items()
+            for i in range(0, len(members), self._REFRESH_MEMBERS_PER_COMMAND)
+        ]
+        step = self._REFRESH_COMMANDS_PER_PIPELINE
+        for start in range(0, len(commands), step):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for key, members in commands[start : start + step]:
+                    pipe.zadd(key, dict.fromkeys(members, expiry), xx=True)
+                await pipe.execute()
+            await asyncio.sleep(0)
 
     async def release_slots(self, pairs: Iterable[tuple[str, str]]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

@@ -170,6 +170,9 @@ REALTIME = {
     # Pending outgoing bytes per socket on the broadcast path before a slow
     # reader is dropped (it resumes from the buffer when it comes back).
     "MAX_SEND_BUFFER_BYTES": env_int("WS_MAX_SEND_BUFFER_BYTES", 1024 * 1024, minimum=4096),
+    # Pending TCP connections a broadcast process queues (capped by the
+    # kernel's net.core.somaxconn).
+    "LISTEN_BACKLOG": env_int("WS_LISTEN_BACKLOG", 4096, minimum=16),
 }
 
 # Behind nginx, take the client address from the last X-Forwarded-For hop
