@@ -245,14 +245,15 @@ class RealtimeSession:
                 )
             )
             return None
+        # Strikes count refusals in a row: a client that slows down is forgiven.
+        self.strikes = 0
         if isinstance(frame, bytes):
             await self._send_error(
                 EnvelopeError(ErrorCode.BAD_MESSAGE, _("Send JSON in text frames, not binary."))
             )
             return None
-        text = frame
         try:
-            message = self.protocol.decode(text)
+            message = self.protocol.decode(frame)
         except EnvelopeError as error:
             await self._send_error(error)
             return None

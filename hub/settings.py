@@ -153,7 +153,7 @@ REALTIME = {
     # Token bucket per connection: sustained messages per second and burst.
     "RATE_PER_SECOND": env_float("WS_RATE_PER_SECOND", 10.0, minimum=0.1),
     "RATE_BURST": env_int("WS_RATE_BURST", 30, minimum=1),
-    # A connection that keeps flooding after this many refusals is closed (4008).
+    # A connection refused this many times in a row is closed (4008).
     "RATE_STRIKES_BEFORE_CLOSE": env_int("WS_RATE_STRIKES", 20, minimum=1),
     # Concurrent WebSocket connections allowed per signed-in user and per IP.
     "MAX_CONNECTIONS_PER_USER": env_int("WS_MAX_CONNECTIONS_PER_USER", 10, minimum=1),

@@ -173,3 +173,31 @@ async def test_resume_does_not_outlive_a_grant(memory_bus):
     assert reply["topics"] == {"public.news": 0}
     assert reply["expired"] == ["meet.room1"]
     assert set(resumed_session.topics) == {"public.news"}
+
+
+async def test_strikes_count_refusals_in_a_row(memory_bus):
+    """A client over its rate is refused; one that slows down is forgiven."""
+    from dataclasses import replace
+
+    from hub.clock import ManualClock
+    from hub.envelope import CloseCode
+    from hub.live import RealtimeSession
+
+    clock = ManualClock()
+    sink = Sink()
+    limits = replace(_limits(), rate_per_second=1, rate_burst=1, rate_strikes_before_close=2)
+    session = RealtimeSession(
+        hub=LiveHub(memory_bus, fanout), handle=sink, send=sink.send, limits=limits, clock=clock
+    )
+    ping = json.dumps({"type": "ping", "id": "p"})
+    for _ in range(5):
+        assert await session.receive(ping) is None  # accepted
+        assert await session.receive(ping) is None  # refused: strike 1
+        assert await session.receive(ping) is None  # refused: strike 2
+        clock.advance(1)
+    assert await session.receive(ping) is None
+    for _ in range(2):
+        assert await session.receive(ping) is None
+    assert await session.receive(ping) == CloseCode.RATE_LIMITED
+    codes = [json.loads(f).get("code") for f in sink.frames]
+    assert codes.count("rate_limited") == 12
