@@ -222,6 +222,7 @@ class RedisBus(TopicBus):
         self._publish_script = self.redis.register_script(self._PUBLISH)
         self._publish_script_sync = self._sync_redis.register_script(self._PUBLISH)
         self._acquire_script = self.redis.register_script(self._ACQUIRE)
+        self._save_session_script = self.redis.register_script(self._SAVE_SESSION)
         self._pubsub = None
         self._reader: asyncio.Task | None = None
         self._reader_lock = asyncio.Lock()
@@ -349,21 +350,48 @@ class RedisBus(TopicBus):
 
     # Resume sessions -------------------------------------------------------------
 
-    async def save_session(self, session_id: str, topics: dict[str, int], ttl: int) -> None:
-        """Keep a connection's topics (topic -> grant expiry, 0 for none) for resume."""
-        key = self._key("session", session_id)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.delete(key)
-            # An empty session is still a session: the "" field marks it.
-            pipe.hset(key, mapping={"": 0, **topics})
-            pipe.expire(key, ttl)
-            await pipe.execute()
+    # The session hash holds topic -> grant expiry, and "@owner": the
+    # connection that saved it last ("@" cannot start a topic name).
+    _SAVE_SESSION = """
+    if ARGV[3] == '1' then
+      local owner = redis.call('HGET', KEYS[1], '@owner')
+      if owner and owner ~= ARGV[2] then
+        return 0
+      end
+    end
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[1], '@owner', ARGV[2])
+    for i = 4, #ARGV, 2 do
+      redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+    end
+    redis.call('EXPIRE', KEYS[1], ARGV[1])
+    return 1
+    """
+
+    async def save_session(
+        self,
+        session_id: str,
+        topics: dict[str, int],
+        ttl: int,
+        *,
+        owner: str,
+        only_if_owner: bool = False,
+    ) -> bool:
+        """Keep a connection's topics (topic -> grant expiry, 0 for none) for
+        resume. With ``only_if_owner`` nothing is written when another
+        connection has resumed the session since (a late close of the old
+        socket must not overwrite the new one's topics). True if written."""
+        args = [ttl, owner, "1" if only_if_owner else "0"]
+        for topic, expiry in topics.items():
+            args += [topic, expiry]
+        keys = [self._key("session", session_id)]
+        return bool(await self._save_session_script(keys=keys, args=args))
 
     async def load_session(self, session_id: str) -> dict[str, int] | None:
         fields = await self.redis.hgetall(self._key("session", session_id))
         if not fields:
             return None
-        return {topic: int(expiry) for topic, expiry in sorted(fields.items()) if topic}
+        return {topic: int(expiry) for topic, expiry in sorted(fields.items()) if topic != "@owner"}
 
     # Connection slots ---------------------------------------------------------------
 
@@ -436,7 +464,7 @@ class MemoryBus(TopicBus):
         self._lock = threading.Lock()
         self._seq: dict[str, int] = collections.defaultdict(int)
         self._log: dict[str, collections.deque] = {}
-        self._sessions: dict[str, tuple[dict[str, int], float]] = {}
+        self._sessions: dict[str, tuple[dict[str, int], float, str]] = {}
         self._slots: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
@@ -490,8 +518,21 @@ class MemoryBus(TopicBus):
     async def _unsubscribe(self, topic: str) -> None:
         return None
 
-    async def save_session(self, session_id: str, topics: dict[str, int], ttl: int) -> None:
-        self._sessions[session_id] = (dict(sorted(topics.items())), self._clock.time() + ttl)
+    async def save_session(
+        self,
+        session_id: str,
+        topics: dict[str, int],
+        ttl: int,
+        *,
+        owner: str,
+        only_if_owner: bool = False,
+    ) -> bool:
+        current = self._sessions.get(session_id)
+        if only_if_owner and current is not None and current[2] != owner:
+            if current[1] >= self._clock.time():
+                return False
+        self._sessions[session_id] = (dict(sorted(topics.items())), self._clock.time() + ttl, owner)
+        return True
 
     async def load_session(self, session_id: str) -> dict[str, int] | None:
         entry = self._sessions.get(session_id)

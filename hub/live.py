@@ -202,6 +202,7 @@ class RealtimeSession:
 
     def __post_init__(self) -> None:
         self.session_id = secrets.token_urlsafe(16)
+        self.connection_id = secrets.token_urlsafe(8)
         # Subscribed topic -> Unix time its grant expires (0: public or allowed).
         self.topics: dict[str, int] = {}
         self.bucket = TokenBucket(
@@ -383,15 +384,22 @@ class RealtimeSession:
             expired=expired,
         )
 
-    async def _save(self) -> None:
-        await self.hub.bus.save_session(self.session_id, self.topics, self.limits.resume_ttl)
+    async def _save(self, *, only_if_owner: bool = False) -> None:
+        await self.hub.bus.save_session(
+            self.session_id,
+            self.topics,
+            self.limits.resume_ttl,
+            owner=self.connection_id,
+            only_if_owner=only_if_owner,
+        )
 
     async def close(self) -> None:
         """Leave every topic; keep the session resumable for ``resume_ttl``."""
         for topic in list(self.topics):
             await self.hub.leave(self.handle, topic)
         try:
-            await self._save()
+            # A newer connection may have resumed this session already.
+            await self._save(only_if_owner=True)
         except Exception as exc:
             log.warning("could not save session %s for resume: %s", self.session_id, exc)
 

@@ -40,7 +40,7 @@ def _delete_test_keys(redis_url):
 
     client = redis.Redis.from_url(redis_url)
     prefix = os.environ.get("REDIS_PREFIX", "egmina")
-    for key in client.scan_iter(match=f"{prefix}*", count=1000):
+    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         client.delete(key)
     client.close()
 

@@ -92,14 +92,26 @@ async def test_invalid_topics_are_refused(bus, topic):
 
 
 async def test_sessions_expire(bus):
-    await bus.save_session("s1", {"public.a": 0, "meet.b": 1795000000}, ttl=60)
+    await bus.save_session("s1", {"public.a": 0, "meet.b": 1795000000}, ttl=60, owner="c1")
     assert await bus.load_session("s1") == {"meet.b": 1795000000, "public.a": 0}
-    await bus.save_session("s2", {}, ttl=60)
+    await bus.save_session("s2", {}, ttl=60, owner="c1")
     assert await bus.load_session("s2") == {}
     assert await bus.load_session("unknown") is None
-    await bus.save_session("s3", {"public.a": 0}, ttl=1)
+    await bus.save_session("s3", {"public.a": 0}, ttl=1, owner="c1")
     await asyncio.sleep(1.2)
     assert await bus.load_session("s3") is None
+
+
+async def test_a_late_close_does_not_overwrite_a_resumed_session(bus):
+    # Connection c1 held the session; c2 resumed it and subscribed to more.
+    await bus.save_session("s", {"public.a": 0}, ttl=60, owner="c1")
+    await bus.save_session("s", {"public.a": 0, "public.b": 0}, ttl=60, owner="c2")
+    # c1's socket is only now found dead: its close must not win.
+    assert not await bus.save_session("s", {"public.a": 0}, ttl=60, owner="c1", only_if_owner=True)
+    assert await bus.load_session("s") == {"public.a": 0, "public.b": 0}
+    # The owner itself may save on close.
+    assert await bus.save_session("s", {"public.b": 0}, ttl=60, owner="c2", only_if_owner=True)
+    assert await bus.load_session("s") == {"public.b": 0}
 
 
 async def test_connection_slots_limit_release_and_expire(bus):

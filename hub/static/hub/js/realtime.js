@@ -13,7 +13,9 @@
 // What it guarantees: each topic event reaches onEvent once and in seq order,
 // across reconnects; a lost connection is noticed (heartbeat watchdog) and
 // re-established with backoff; on return the server replays what was missed
-// (resume), and where it cannot, onGap says so.
+// (resume), and where it cannot, onGap says so. It reconnects after any close
+// (1001, 1006, 1011, 1012, 1013, 4013...) except 4001 and 4003, where trying
+// again cannot help: then the state becomes "closed" with `fatal: true`.
 
 /** Close codes of the hub (hub.envelope.CloseCode). */
 export const CloseCode = Object.freeze({
@@ -76,7 +78,10 @@ export class HubSocket {
    * @param {string} url  "/ws/live/" (resolved against the page) or a ws(s):// URL.
    * @param {object} options
    *   onEvent(frame)          each topic event, once, in seq order per topic
-   *   onState(state, detail)  "connecting" | "open" | "reconnecting" | "closed"
+   *   onState(state, detail)  "connecting"   {attempt}
+   *                           "open"         {session, resumed, replayed, gap}
+   *                           "reconnecting" {code, reason, delay, attempt}
+   *                           "closed"       {code, reason, fatal}
    *   onGap(topics)           these topics lost events: reload their state
    *   onMessage(message)      other server messages without a request id
    *   onError(error)          errors not tied to a request (HubError)
