@@ -110,8 +110,9 @@ class Processes:
         wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc)
         return port
 
-    def daphne(self, extra_env: dict | None = None) -> int:
-        port = free_port()
+    def daphne(self, extra_env: dict | None = None, *, port: int | None = None) -> int:
+        """Start daphne (on ``port``, e.g. to restart one in place) and wait for it."""
+        port = port or free_port()
         argv = [PYTHON, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "hub.asgi:application"]
         return self._start(argv, port, extra_env)
 

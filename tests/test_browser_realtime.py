@@ -18,10 +18,7 @@ import json
 import os
 import secrets
 import signal
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -70,27 +67,9 @@ async (message) => {
 """
 
 
-def wait_http(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"daphne exited with {proc.returncode} before {url} answered")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer within {timeout} s")
-
-
 def restart_daphne(hub_processes, port: int) -> None:
     """A new daphne on the same port: the client reconnects to the URL it has."""
-    argv = [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port)]
-    proc = subprocess.Popen([*argv, "hub.asgi:application"], cwd=ROOT, env=hub_processes.env)
-    hub_processes.procs.append(proc)  # stopped by the fixture
-    wait_http(f"http://127.0.0.1:{port}/healthz", proc)
+    hub_processes.daphne(port=port)
 
 
 def kill_daphne(hub_processes) -> None:
