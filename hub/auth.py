@@ -81,31 +81,21 @@ def client_ip(scope) -> str:
 
 
 def language_of(headers: dict[bytes, bytes] | list[tuple[bytes, bytes]]) -> str:
-    """The language for a connection's human texts: the language-switch
-    cookie, else the browser's Accept-Language, else Polish."""
-    from http.cookies import SimpleCookie
+    """The language for a connection's human texts: the language switch's
+    cookie, else Polish (hub.middleware: Polish first, as on the pages)."""
+    from http.cookies import CookieError, SimpleCookie
 
-    from django.utils.translation import get_supported_language_variant
-    from django.utils.translation.trans_real import parse_accept_lang_header
+    from hub.middleware import chosen_language
 
     pairs = headers.items() if isinstance(headers, dict) else headers
-    cookie_header = accept = ""
     for name, value in pairs:
-        name = name.decode("latin1").lower() if isinstance(name, bytes) else name.lower()
-        value = value.decode("latin1") if isinstance(value, bytes) else value
-        if name == "cookie":
-            cookie_header = value
-        elif name == "accept-language":
-            accept = value
-    candidates = []
-    if cookie_header:
-        morsel = SimpleCookie(cookie_header).get(settings.LANGUAGE_COOKIE_NAME)
-        if morsel is not None:
-            candidates.append(morsel.value)
-    candidates.extend(code for code, _ in parse_accept_lang_header(accept[:500]))
-    for code in candidates:
-        try:
-            return get_supported_language_variant(code)
-        except LookupError:
+        name = name.decode("latin1") if isinstance(name, bytes) else name
+        if name.lower() != "cookie":
             continue
+        value = value.decode("latin1") if isinstance(value, bytes) else value
+        try:
+            morsel = SimpleCookie(value).get(settings.LANGUAGE_COOKIE_NAME)
+        except CookieError:
+            return settings.LANGUAGE_CODE
+        return chosen_language(morsel.value if morsel is not None else None)
     return settings.LANGUAGE_CODE

@@ -3,6 +3,7 @@ and real daphne / broadcast server processes on free loopback ports."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import socket
@@ -149,3 +150,40 @@ def hub_processes(redis_url, key_prefix):
 
 
 ORIGIN = "http://127.0.0.1"
+
+
+# --- Headless Chromium (Debian's package, driven by Playwright) ---------------
+
+CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+
+
+@contextlib.asynccontextmanager
+async def headless_chromium():
+    """Debian's Chromium driven by Playwright. A missing piece fails the test
+    (inside the test, so it reports FAILED with the reason, never a skip)."""
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
+            "(apt-get install -y chromium), or set CHROMIUM_PATH."
+        )
+    try:
+        from playwright.async_api import async_playwright
+    except ImportError:
+        pytest.fail("Playwright for Python is missing: make install (no browser download).")
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+        )
+        try:
+            yield browser
+        finally:
+            await browser.close()

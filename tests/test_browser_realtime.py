@@ -15,28 +15,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import secrets
 import signal
 import time
 from pathlib import Path
 
 import pytest
+from conftest import headless_chromium
 from websockets.asyncio.server import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 ROOT = Path(__file__).resolve().parent.parent
-CHROMIUM = os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # Loads the module into the landing page and records what the client reports.
 # The backoff is capped at 1 s so that the test does not wait out real delays.
@@ -77,31 +67,6 @@ def kill_daphne(hub_processes) -> None:
     proc = hub_processes.procs[-1]
     proc.kill()
     proc.wait(timeout=10)
-
-
-@contextlib.asynccontextmanager
-async def headless_chromium():
-    """Debian's Chromium driven by Playwright; a missing piece fails the test
-    (inside the test, so it reports FAILED with the reason, never a skip)."""
-    if not os.access(CHROMIUM, os.X_OK):
-        pytest.fail(
-            f"{CHROMIUM} is missing: the browser tests need Debian's Chromium "
-            "(apt-get install -y chromium), or set CHROMIUM_PATH."
-        )
-    try:
-        from playwright.async_api import async_playwright
-    except ImportError:
-        pytest.fail(
-            "Playwright for Python is missing: pip install playwright (no browser download)."
-        )
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
-        )
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture

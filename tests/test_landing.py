@@ -134,3 +134,16 @@ def test_site_css_is_served_by_whitenoise(client):
     assert response["Content-Type"].startswith("text/css")
     body = b"".join(response.streaming_content)
     assert b"prefers-reduced-motion" in body
+
+
+@pytest.mark.django_db
+def test_polish_first_even_for_an_english_browser(client):
+    """The browser's preference alone does not switch; the visitor's choice does."""
+    response = client.get("/", HTTP_ACCEPT_LANGUAGE="en-GB,en;q=0.9")
+    assert 'lang="pl"' in response.content.decode()
+    assert response["Content-Language"] == "pl"
+    client.cookies["django_language"] = "en"
+    response = client.get("/", HTTP_ACCEPT_LANGUAGE="pl")
+    assert 'lang="en"' in response.content.decode()
+    client.cookies["django_language"] = "xx"
+    assert 'lang="pl"' in client.get("/").content.decode()
