@@ -53,10 +53,16 @@ class BroadcastServer:
         self.host = host
         self.port = port
         self.bus = bus or get_bus()
-        self.hub = LiveHub(self.bus, _fanout, endpoint="live")
+        self.hub = LiveHub(
+            self.bus,
+            _fanout,
+            endpoint="live",
+            max_pending=settings.REALTIME["RESUME_BUFFER"] * 2,
+        )
         self.limits = SessionLimits.from_settings()
         self.connections: set[ServerConnection] = set()
         self._slots: dict[ServerConnection, list[tuple[str, str]]] = {}
+        self._sessions: dict[ServerConnection, RealtimeSession] = {}
         self._origin = AllowedHostsOriginValidator(None)
         self._server = None
         self._tasks: list[asyncio.Task] = []
@@ -70,6 +76,11 @@ class BroadcastServer:
         path = request.path.split("?", 1)[0]
         if path == "/healthz":
             return _plain(HTTPStatus.OK, b'{"status": "ok"}\n', "application/json")
+        if path == "/readyz":
+            if getattr(self.bus, "connected", True):
+                return _plain(HTTPStatus.OK, b'{"status": "ready"}\n', "application/json")
+            body = b'{"status": "unavailable", "problems": ["redis: disconnected"]}\n'
+            return _plain(HTTPStatus.SERVICE_UNAVAILABLE, body, "application/json")
         if path == "/metrics":
             return _plain(HTTPStatus.OK, generate_latest(), CONTENT_TYPE_LATEST)
         if path not in LIVE_PATHS:
@@ -107,6 +118,7 @@ class BroadcastServer:
             language=language_of(list(ws.request.headers.raw_items())),
         )
         self.connections.add(ws)
+        self._sessions[ws] = session
         self._open.inc()
         try:
             await ws.send(session.welcome())
@@ -119,6 +131,7 @@ class BroadcastServer:
             pass
         finally:
             self.connections.discard(ws)
+            self._sessions.pop(ws, None)
             self._open.dec()
             await session.close()
             slots = self._slots.pop(ws, [])
@@ -136,10 +149,24 @@ class BroadcastServer:
             await asyncio.sleep(interval)
             frame = encode(ServerPing(time=time.time()))
             websockets.broadcast(self.connections, frame)
-            pairs = [pair for slots in self._slots.values() for pair in slots]
-            if pairs:
-                with contextlib.suppress(Exception):
-                    await self.bus.refresh_slots(pairs, interval * 3)
+            try:
+                await self._keep_alive(interval)
+            except Exception as exc:  # Redis down: the next beat tries again
+                log.warning("heartbeat upkeep failed: %s", exc)
+
+    async def _keep_alive(self, interval: float) -> None:
+        """Refresh connection slots and resume sessions; drop expired grants."""
+        pairs = [pair for slots in self._slots.values() for pair in slots]
+        if pairs:
+            await self.bus.refresh_slots(pairs, interval * 3)
+        sessions = list(self._sessions.values())
+        subscribed = [s.session_id for s in sessions if s.topics]
+        if subscribed:
+            await self.bus.touch_sessions(subscribed, self.limits.resume_ttl)
+        for session in sessions:
+            if any(session.topics.values()):
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    await session.drop_expired_grants()
 
     async def _drop_slow_readers_forever(self) -> None:
         limit = settings.REALTIME["MAX_SEND_BUFFER_BYTES"]

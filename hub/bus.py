@@ -21,6 +21,7 @@ import asyncio
 import collections
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -28,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from redis.exceptions import RedisError
 
 from hub.envelope import TOPIC_RE
 
@@ -68,6 +70,21 @@ def check_topic(topic: str) -> str:
     if not isinstance(topic, str) or not TOPIC_RE.match(topic):
         raise ValueError(f"invalid topic name {topic!r}")
     return topic
+
+
+def _complete(frames: list[str], after: int, upto: int, origin: int) -> bool:
+    """Whether ``frames`` are every event with ``after < seq <= upto``.
+
+    ``origin`` is the value the topic's counter started from (its first event
+    is ``origin + 1``). A client that joined before the first event holds 0:
+    for it, "everything" starts at the origin. A client holding a number from
+    before the origin saw an earlier life of the counter (lost with Redis or
+    expired): what it missed then is gone.
+    """
+    if 0 < after < origin:
+        return False
+    first = max(after, origin) + 1 if origin else after + 1
+    return len(frames) == upto - first + 1
 
 
 @dataclass
@@ -153,10 +170,24 @@ class RedisBus(TopicBus):
 
     # The frame is assembled inside Redis so that the seq is in it and the
     # payload is serialized once for every process and socket.
+    # A topic's first seq is the Redis clock in microseconds, so that numbers
+    # keep growing when the counter is lost (expiry after a quiet day, a Redis
+    # restart without persistence): a process or client holding an old seq
+    # then sees a jump (a gap) instead of "old" numbers it would drop as
+    # duplicates. Exact in a JavaScript Number until the year 2255.
     _PUBLISH = """
+    if redis.call('EXISTS', KEYS[1]) == 0 then
+      local now = redis.call('TIME')
+      local origin = now[1] .. string.format('%06d', tonumber(now[2]))
+      redis.call('SET', KEYS[1], origin)
+      redis.call('SET', KEYS[4], origin)
+    end
+    redis.call('EXPIRE', KEYS[4], ARGV[4])
     local seq = redis.call('INCR', KEYS[1])
     redis.call('EXPIRE', KEYS[1], ARGV[4])
-    local frame = '{"topic":"' .. ARGV[1] .. '","seq":' .. seq .. ',' .. ARGV[2]
+    -- %.0f: Lua's default number format would write 1.79e+15.
+    local digits = string.format('%.0f', seq)
+    local frame = '{"topic":"' .. ARGV[1] .. '","seq":' .. digits .. ',' .. ARGV[2]
     redis.call('ZADD', KEYS[2], seq, frame)
     redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(ARGV[3]) + 1))
     redis.call('EXPIRE', KEYS[2], ARGV[4])
@@ -210,6 +241,9 @@ class RedisBus(TopicBus):
             socket_timeout=socket_timeout,
             socket_connect_timeout=5.0,
             client_name=self.client_name,
+            # The pub/sub reader PINGs when idle, so a half-open connection
+            # (a silent network failure) is found instead of waited on forever.
+            health_check_interval=15,
         )
         self.redis = aioredis.Redis.from_pool(pool)
         self._sync_redis = redis.Redis.from_url(
@@ -224,6 +258,8 @@ class RedisBus(TopicBus):
         self._acquire_script = self.redis.register_script(self._ACQUIRE)
         self._save_session_script = self.redis.register_script(self._SAVE_SESSION)
         self._pubsub = None
+        # False while the pub/sub connection is down (readiness reports it).
+        self.connected = True
         self._reader: asyncio.Task | None = None
         self._reader_lock = asyncio.Lock()
         self._closing = False
@@ -236,6 +272,7 @@ class RedisBus(TopicBus):
             self._key("topic", topic, "seq"),
             self._key("topic", topic, "log"),
             self._key("topic", topic),
+            self._key("topic", topic, "origin"),
         ]
 
     # Publishing ----------------------------------------------------------------
@@ -257,11 +294,12 @@ class RedisBus(TopicBus):
         """Frames with ``after < seq <= upto``, oldest first."""
         if upto <= after:
             return History([], True)
-        frames = await self.redis.zrangebyscore(
-            self._key("topic", check_topic(topic), "log"), f"({after}", upto
-        )
-        complete = len(frames) == upto - after
-        return History(frames, complete)
+        check_topic(topic)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(self._key("topic", topic, "origin"))
+            pipe.zrangebyscore(self._key("topic", topic, "log"), f"({after}", upto)
+            origin, frames = await pipe.execute()
+        return History(frames, _complete(frames, after, upto, int(origin or 0)))
 
     # Per-process subscription ---------------------------------------------------
 
@@ -271,9 +309,14 @@ class RedisBus(TopicBus):
         try:
             await self._pubsub.subscribe(self._key("topic", topic))
             await asyncio.wait_for(asyncio.shield(state.ready), timeout=10)
-        except BaseException:
+        except BaseException as exc:
             if self._topics.get(topic) is state:
                 del self._topics[topic]
+            if not state.ready.done():  # others may be waiting on it (TopicBus.listen)
+                state.ready.set_exception(ConnectionError(f"could not subscribe: {exc!r}"))
+                state.ready.exception()  # retrieved: no "never retrieved" warning
+            with contextlib.suppress(Exception):
+                await self._pubsub.unsubscribe(self._key("topic", topic))
             raise
 
     async def _unsubscribe(self, topic: str) -> None:
@@ -293,8 +336,17 @@ class RedisBus(TopicBus):
     async def _read_forever(self) -> None:
         channel_prefix = self._key("topic", "")
         backoff = 0.1
+        resubscribe = False
         while not self._closing:
             try:
+                if resubscribe:
+                    # Until this succeeds no topic is heard: retry it, never skip it.
+                    channels = [self._key("topic", t) for t in self._topics]
+                    if channels:
+                        await self._pubsub.subscribe(*channels)
+                    resubscribe = False
+                    self.connected = True
+                    log.warning("topic bus reconnected to Redis (%d topics)", len(channels))
                 if not self._pubsub.subscribed:
                     await asyncio.sleep(0.05)
                     continue
@@ -310,17 +362,18 @@ class RedisBus(TopicBus):
                     await self._on_subscribed(topic)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # Redis went away: reconnect, resubscribe, fill gaps.
-                log.warning("topic bus lost Redis (%s); reconnecting", exc)
+            except (RedisError, OSError) as exc:  # Redis went away: reconnect, resubscribe.
+                if self.connected:
+                    log.warning("topic bus lost Redis (%s); reconnecting", exc)
+                self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
                 with contextlib.suppress(Exception):
                     await self._pubsub.aclose()
                 self._pubsub = self.redis.pubsub()
-                channels = [self._key("topic", t) for t in self._topics]
-                if channels:
-                    with contextlib.suppress(Exception):
-                        await self._pubsub.subscribe(*channels)
+                resubscribe = True
+            except Exception:  # a bug with one message must not stop the others
+                log.exception("topic bus could not handle a message")
 
     async def _on_subscribed(self, topic: str) -> None:
         state = self._topics.get(topic)
@@ -411,19 +464,33 @@ class RedisBus(TopicBus):
 
     async def refresh_slots(self, pairs: Iterable[tuple[str, str]], ttl: float) -> None:
         expiry = time.time() + ttl
+        key_ttl = math.ceil(ttl) + 1
         by_key: dict[str, list[str]] = collections.defaultdict(list)
         for key, member in pairs:
             by_key[key].append(member)
-        commands = [
-            (self._key("slots", key), members[i : i + self._REFRESH_MEMBERS_PER_COMMAND])
-            for key, members in by_key.items()
-            for i in range(0, len(members), self._REFRESH_MEMBERS_PER_COMMAND)
-        ]
+        commands = []
+        for key, members in by_key.items():
+            slots_key = self._key("slots", key)
+            for i in range(0, len(members), self._REFRESH_MEMBERS_PER_COMMAND):
+                chunk = members[i : i + self._REFRESH_MEMBERS_PER_COMMAND]
+                scores = dict.fromkeys(chunk, expiry)
+                commands.append(lambda pipe, k=slots_key, m=scores: pipe.zadd(k, m, xx=True))
+            # The key itself must outlive its members, or long-lived sockets
+            # stop counting once nobody new connects under it.
+            commands.append(lambda pipe, k=slots_key: pipe.expire(k, key_ttl))
+        await self._in_small_pipelines(commands)
+
+    async def touch_sessions(self, session_ids: Iterable[str], ttl: int) -> None:
+        """Keep the sessions of open connections resumable for ``ttl`` more seconds."""
+        keys = [self._key("session", session_id) for session_id in session_ids]
+        await self._in_small_pipelines([lambda pipe, k=key: pipe.expire(k, ttl) for key in keys])
+
+    async def _in_small_pipelines(self, commands: list) -> None:
         step = self._REFRESH_COMMANDS_PER_PIPELINE
         for start in range(0, len(commands), step):
             async with self.redis.pipeline(transaction=False) as pipe:
-                for key, members in commands[start : start + step]:
-                    pipe.zadd(key, dict.fromkeys(members, expiry), xx=True)
+                for add_command in commands[start : start + step]:
+                    add_command(pipe)
                 await pipe.execute()
             await asyncio.sleep(0)
 
@@ -462,32 +529,35 @@ class MemoryBus(TopicBus):
     def __init__(self, *, buffer_size: int, seq_ttl: int, clock=time):
         super().__init__(buffer_size=buffer_size, seq_ttl=seq_ttl)
         self._lock = threading.Lock()
-        self._seq: dict[str, int] = collections.defaultdict(int)
+        self._seq: dict[str, int] = {}
+        self._origin: dict[str, int] = {}
         self._log: dict[str, collections.deque] = {}
         self._sessions: dict[str, tuple[dict[str, int], float, str]] = {}
         self._slots: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
+        self._saves = 0
+        self.connected = True  # nothing to lose a connection to
 
     def _append(self, topic: str, type: str, data: Any) -> tuple[int, str]:
         check_topic(topic)
         body = event_body(type, data)
         with self._lock:
-            self._seq[topic] += 1
-            seq = self._seq[topic]
+            # The first seq is the clock in microseconds, as in RedisBus: after
+            # a restart a client's old numbers are below the new ones.
+            seq = self._seq.get(topic)
+            if seq is None:
+                seq = self._origin[topic] = int(self._clock.time() * 1_000_000)
+            seq += 1
+            self._seq[topic] = seq
             frame = make_frame(topic, seq, body)
             log_ = self._log.setdefault(topic, collections.deque(maxlen=self.buffer_size))
             log_.append((seq, frame))
             loop = self._loop
             if loop is not None and not loop.is_closed():
-                try:
-                    running = asyncio.get_running_loop()
-                except RuntimeError:
-                    running = None
-                if running is loop:
-                    self._deliver(topic, seq, frame)
-                else:
-                    loop.call_soon_threadsafe(self._deliver, topic, seq, frame)
+                # Always through the loop's queue, from the loop's own thread
+                # too: delivery then follows seq order whoever published.
+                loop.call_soon_threadsafe(self._deliver, topic, seq, frame)
         return seq, frame
 
     async def publish(self, topic: str, type: str, data: Any = None) -> int:
@@ -505,8 +575,9 @@ class MemoryBus(TopicBus):
             return History([], True)
         with self._lock:
             entries = list(self._log.get(topic, ()))
+            origin = self._origin.get(topic, 0)
         frames = [frame for seq, frame in entries if after < seq <= upto]
-        return History(frames, len(frames) == upto - after)
+        return History(frames, _complete(frames, after, upto, origin))
 
     async def _subscribe(self, topic: str, state: _TopicState) -> None:
         self._loop = asyncio.get_running_loop()
@@ -532,7 +603,19 @@ class MemoryBus(TopicBus):
             if current[1] >= self._clock.time():
                 return False
         self._sessions[session_id] = (dict(sorted(topics.items())), self._clock.time() + ttl, owner)
+        self._saves += 1
+        if self._saves % 1000 == 0:  # forget sessions nobody resumed
+            now = self._clock.time()
+            for stale in [k for k, entry in self._sessions.items() if entry[1] < now]:
+                del self._sessions[stale]
         return True
+
+    async def touch_sessions(self, session_ids: Iterable[str], ttl: int) -> None:
+        expiry = self._clock.time() + ttl
+        for session_id in session_ids:
+            entry = self._sessions.get(session_id)
+            if entry is not None:
+                self._sessions[session_id] = (entry[0], expiry, entry[2])
 
     async def load_session(self, session_id: str) -> dict[str, int] | None:
         entry = self._sessions.get(session_id)
@@ -561,7 +644,11 @@ class MemoryBus(TopicBus):
 
     async def release_slots(self, pairs: Iterable[tuple[str, str]]) -> None:
         for key, member in pairs:
-            self._slots.get(key, {}).pop(member, None)
+            slots = self._slots.get(key)
+            if slots is not None:
+                slots.pop(member, None)
+                if not slots:
+                    del self._slots[key]
 
     async def ping(self) -> bool:
         return True

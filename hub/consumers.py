@@ -14,6 +14,7 @@ import secrets
 from collections.abc import Collection
 
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
 
 from hub import metrics
 from hub.auth import client_ip, language_of, principal_of
@@ -44,7 +45,12 @@ def consumer_hub() -> LiveHub:
     bus = get_bus()
     hub = _hubs.get(id(bus))
     if hub is None or hub.bus is not bus:
-        hub = _hubs[id(bus)] = LiveHub(bus, _fanout_to_consumers, endpoint="consumer")
+        hub = _hubs[id(bus)] = LiveHub(
+            bus,
+            _fanout_to_consumers,
+            endpoint="consumer",
+            max_pending=settings.REALTIME["RESUME_BUFFER"] * 2,
+        )
     return hub
 
 
@@ -54,8 +60,11 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
     endpoint = "hub"
     protocol: Protocol = HUB_PROTOCOL
     require_login = False
-    # Outgoing frames queued for a client that does not read before it is
+    # Frames waiting for this consumer's writer task before the client is
     # dropped with 4013 (it resumes from the topic buffers when it returns).
+    # Daphne itself buffers what the writer hands it without limit: a client
+    # that stops reading is found by daphne's WebSocket ping timeout (20 s +
+    # 30 s), not by this limit, which guards the fan-out against a stuck writer.
     max_queued_frames = 1000
 
     def handlers(self) -> dict[type[Message], Handler]:
@@ -111,7 +120,6 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         await self._enqueue(self.session.welcome())
 
     async def _acquire_slots(self, principal: str, limits: SessionLimits) -> bool:
-        from django.conf import settings
 
         claims = [(f"ip:{client_ip(self.scope)}", settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
         if principal != "anonymous":
@@ -172,9 +180,15 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         while True:
             await asyncio.sleep(interval)
             await self._enqueue(encode(ServerPing(time=self.session.clock.time())))
-            if self._slots:
-                with contextlib.suppress(Exception):
-                    await get_bus().refresh_slots(self._slots, interval * 3)
+            try:
+                bus = get_bus()
+                if self._slots:
+                    await bus.refresh_slots(self._slots, interval * 3)
+                if self.session.topics:
+                    await bus.touch_sessions([self.session.session_id], self.limits.resume_ttl)
+                await self.session.drop_expired_grants()
+            except Exception as exc:  # Redis down: the next beat tries again
+                log.warning("heartbeat upkeep failed: %s", exc)
 
     async def receive(self, text_data=None, bytes_data=None):
         # Frames that arrive after we closed (the client has not seen the close
@@ -182,7 +196,14 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         if self.session is None or self._closed:
             return
         frame = text_data if text_data is not None else (bytes_data or b"")
-        close_code = await self.session.receive(frame)
+        try:
+            close_code = await self.session.receive(frame)
+        except Exception:
+            # The session answers every expected fault itself; anything else is a
+            # bug. Close cleanly (disconnect() still frees slots and topics)
+            # instead of letting it kill the consumer without cleanup.
+            log.exception("envelope session failed", extra={"endpoint": self.endpoint})
+            close_code = CloseCode.INTERNAL_ERROR
         if close_code is not None:
             await self.close(code=int(close_code))
 

@@ -222,10 +222,16 @@ class Protocol:
             raise self._explain(text, exc) from None
         except msgspec.DecodeError:
             raise EnvelopeError(ErrorCode.BAD_JSON, _("The message is not valid JSON.")) from None
+        except RecursionError:  # msgspec's answer to very deep nesting
+            raise EnvelopeError(
+                ErrorCode.BAD_MESSAGE, _("The message is nested too deeply.")
+            ) from None
 
     def _explain(self, text: str | bytes, exc: msgspec.ValidationError) -> EnvelopeError:
         try:
             probe = _probe_decoder.decode(text)
+        except RecursionError:
+            return EnvelopeError(ErrorCode.BAD_MESSAGE, _("The message is nested too deeply."))
         except (msgspec.ValidationError, msgspec.DecodeError):
             return EnvelopeError(ErrorCode.BAD_MESSAGE, _("A message must be a JSON object."))
         request_id = probe.id if isinstance(probe.id, str) and 0 < len(probe.id) <= 64 else None

@@ -22,7 +22,7 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from hub import metrics
-from hub.bus import TopicBus, time_of
+from hub.bus import TopicBus, seq_of, time_of
 from hub.clock import Clock, system_clock
 from hub.envelope import (
     HUB_PROTOCOL,
@@ -43,7 +43,7 @@ from hub.envelope import (
     encode,
 )
 from hub.ratelimit import TokenBucket
-from hub.topics import Grant, is_public, pattern_allows, read_grant
+from hub.topics import NO_GRANT, Grant, is_public, pattern_allows, read_grant
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +51,27 @@ Send = Callable[[str], Awaitable[None]]
 Fanout = Callable[[Collection[Any], str], None]
 
 
+class TooSlow(Exception):
+    """A client could not keep up while catching up on a topic (close 4013)."""
+
+
 class LiveHub:
     """Topic membership of this process's connections, with gap-free replay."""
 
-    def __init__(self, bus: TopicBus, fanout: Fanout, *, endpoint: str = "live"):
+    def __init__(
+        self,
+        bus: TopicBus,
+        fanout: Fanout,
+        *,
+        endpoint: str = "live",
+        max_pending: int = 2000,
+        catch_up_seconds: float = 2.0,
+    ):
         self.bus = bus
         self.fanout = fanout
+        # Live frames one catching-up client may have waiting before TooSlow.
+        self.max_pending = max_pending
+        self.catch_up_seconds = catch_up_seconds
         self._members: dict[str, set[Hashable]] = {}
         self._pending: dict[str, dict[Hashable, list[str]]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -87,38 +102,60 @@ class LiveHub:
         """Add ``handle`` to ``topic``; first send what it missed after ``since``.
 
         Returns ``(seq, replayed, complete)``: the topic's seq when live delivery
-        began, how many events were replayed, and whether the buffer still held
-        all of them. Live frames that arrive during the replay are queued and sent
-        after it, so the client sees every seq once, in order.
+        began, how many events were sent before it, and whether the buffer still
+        held all of them. Live frames that arrive meanwhile are queued and sent
+        after the replay, without those the client already has, so the client
+        sees every seq once, in order. Raises :class:`TooSlow` when the client
+        reads slower than the topic publishes while it catches up.
         """
         await self._ensure_listening(topic)
         baseline = self.bus.last_seq(topic)
         if since is None or since == baseline:
             self._members[topic].add(handle)
             return baseline, 0, True
-        if since > baseline:  # the client knows a future: the topic was reset
-            self._members[topic].add(handle)
-            return baseline, 0, False
         queue: list[str] = []
         self._pending[topic][handle] = queue
+        replayed = 0
         try:
-            history = await self.bus.history(topic, since, baseline)
-            for frame in history.frames:
-                await send(frame)
-            replayed = len(history.frames)
+            if since > baseline:
+                complete = await self._catch_up(topic, since)
+                baseline = max(baseline, since)
+            else:
+                history = await self.bus.history(topic, since, baseline)
+                complete = history.complete
+                for frame in history.frames:
+                    await send(frame)
+                replayed = len(history.frames)
             while queue:
+                if len(queue) > self.max_pending:
+                    raise TooSlow(topic)
                 batch = queue[:]
                 queue.clear()
                 for frame in batch:
-                    await send(frame)
-                replayed += len(batch)
+                    if seq_of(frame) > since:
+                        await send(frame)
+                        replayed += 1
         except BaseException:
-            self._pending.get(topic, {}).pop(handle, None)
+            self._pending[topic].pop(handle, None)
+            await self._forget_if_unused(topic)
             raise
         # No await between the last check of the queue and joining the members.
         del self._pending[topic][handle]
         self._members[topic].add(handle)
-        return baseline, replayed, history.complete
+        return baseline, replayed, complete
+
+    async def _catch_up(self, topic: str, since: int) -> bool:
+        """The client holds a seq this process has not heard yet. Usually another
+        process heard it first: wait (briefly) for this one. If Redis has not
+        got that far either, the client's numbers are not this topic's: a gap."""
+        if since > await self.bus.current_seq(topic):
+            return False
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.catch_up_seconds
+        # A rare path (a client switching processes): polling keeps the bus simple.
+        while self.bus.last_seq(topic) < since and loop.time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        return self.bus.last_seq(topic) >= since
 
     async def leave(self, handle: Hashable, topic: str) -> None:
         members = self._members.get(topic)
@@ -126,26 +163,35 @@ class LiveHub:
             return
         members.discard(handle)
         self._pending[topic].pop(handle, None)
-        if not members and not self._pending[topic]:
-            del self._members[topic]
-            del self._pending[topic]
-            await self.bus.unlisten(topic, self._on_frame)
+        await self._forget_if_unused(topic)
+
+    async def _forget_if_unused(self, topic: str) -> None:
+        members = self._members.get(topic)
+        if members is None or members or self._pending[topic]:
+            return
+        del self._members[topic]
+        del self._pending[topic]
+        self._locks.pop(topic, None)
+        await self.bus.unlisten(topic, self._on_frame)
 
     def member_count(self, topic: str) -> int:
         return len(self._members.get(topic, ()))
 
 
 _RESUME_SALT = "hub.live.resume"
+REPLAYED_EVENTS_PER_TOKEN = 100
 
 
 def make_resume_token(session_id: str, principal: str) -> str:
-    return signing.TimestampSigner(salt=_RESUME_SALT).sign(f"{session_id}|{principal}")
+    # No timestamp: how long a session can be resumed is the TTL of its record
+    # in the bus, which heartbeats renew while the connection is open.
+    return signing.Signer(salt=_RESUME_SALT).sign(f"{session_id}|{principal}")
 
 
-def read_resume_token(token: str, principal: str, max_age: int) -> str | None:
-    """The session id in a valid, fresh token issued to the same principal."""
+def read_resume_token(token: str, principal: str) -> str | None:
+    """The session id in a genuine token issued to the same principal."""
     try:
-        value = signing.TimestampSigner(salt=_RESUME_SALT).unsign(token, max_age=max_age)
+        value = signing.Signer(salt=_RESUME_SALT).unsign(token)
     except signing.BadSignature:
         return None
     session_id, _, owner = value.partition("|")
@@ -264,6 +310,9 @@ class RealtimeSession:
             error.id = error.id or message.id
             await self._send_error(error)
             return None
+        except TooSlow:
+            metrics.REFUSED.labels("too_slow").inc()
+            return CloseCode.TOO_SLOW
         except Exception:
             log.exception("handler failed", extra={"endpoint": self.endpoint})
             await self._send_error(
@@ -345,6 +394,8 @@ class RealtimeSession:
             self.topics[topic] = expiries.get(topic, 0)
             seqs[topic] = seq
             replayed += count
+            # A replay costs Redis and the socket far more than one message.
+            self.bucket.charge(count / REPLAYED_EVENTS_PER_TOKEN)
             if not complete:
                 gaps.append(topic)
         return seqs, replayed, gaps
@@ -360,7 +411,7 @@ class RealtimeSession:
         return Unsubscribed(topics=left)
 
     async def _resume(self, message: Resume) -> Resumed:
-        old_id = read_resume_token(message.token, self.principal, self.limits.resume_ttl)
+        old_id = read_resume_token(message.token, self.principal)
         saved = await self.hub.bus.load_session(old_id) if old_id else None
         if saved is None:
             raise EnvelopeError(
@@ -368,10 +419,23 @@ class RealtimeSession:
                 _("The session can no longer be resumed: subscribe again and reload."),
                 id=message.id,
             )
-        # A grant does not outlive its expiry by being resumed again and again.
+        # Checked again, not copied: a grant does not outlive its expiry by being
+        # resumed again and again, and a topic this connection's user may no
+        # longer join (allowed_topics) is not restored.
         now = self.clock.time()
-        valid = {topic: expiry for topic, expiry in saved.items() if not expiry or expiry > now}
+        valid = {
+            topic: expiry
+            for topic, expiry in saved.items()
+            if (expiry > now if expiry else self._expiry_of(topic, NO_GRANT) == 0)
+        }
         expired = sorted(set(saved) - set(valid))
+        if len(set(self.topics) | set(valid)) > self.limits.max_subscriptions:
+            raise EnvelopeError(
+                ErrorCode.TOO_MANY_SUBSCRIPTIONS,
+                _("At most %(count)d topics per connection."),
+                id=message.id,
+                params={"count": self.limits.max_subscriptions},
+            )
         self.session_id = old_id
         seqs, replayed, gaps = await self._join(valid, valid, message.since)
         await self._save()
@@ -383,6 +447,20 @@ class RealtimeSession:
             gap=gaps,
             expired=expired,
         )
+
+    async def drop_expired_grants(self) -> list[str]:
+        """Leave the topics whose grant has expired, and tell the client with an
+        ``unsubscribed`` (no id: the server's own decision). Transports call this
+        on every heartbeat."""
+        now = self.clock.time()
+        expired = [topic for topic, expiry in self.topics.items() if expiry and expiry <= now]
+        for topic in expired:
+            del self.topics[topic]
+            await self.hub.leave(self.handle, topic)
+        if expired:
+            await self._save()
+            await self.send(encode(Unsubscribed(topics=expired)))
+        return expired
 
     async def _save(self, *, only_if_owner: bool = False) -> None:
         await self.hub.bus.save_session(

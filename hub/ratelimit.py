@@ -29,6 +29,12 @@ class TokenBucket:
             return True
         return False
 
+    def charge(self, cost: float) -> None:
+        """Take ``cost`` tokens for work already done; the bucket may go below
+        zero, and later messages wait until it refills."""
+        self.take(0)  # refill up to now
+        self._tokens -= cost
+
     @property
     def tokens(self) -> float:
         return self._tokens

@@ -27,9 +27,17 @@ def is_public(topic: str) -> bool:
     return any(topic.startswith(prefix) for prefix in _public_prefixes)
 
 
-def issue_grant(topics: list[str], *, subject: str, max_age: int = 3600) -> str:
-    """A signed grant for ``topics`` (``"meet.abc*"`` covers a prefix)."""
-    payload = {"t": list(topics), "s": subject, "e": int(time.time()) + max_age}
+def issue_grant(topics: list[str], *, max_age: int = 3600) -> str:
+    """A signed grant for ``topics``; ``"meet.ab12.*"`` covers every topic under
+    ``meet.ab12.``. A grant is a bearer token: whoever holds it may subscribe
+    until it expires, so hand it only to the client you checked, and keep
+    ``max_age`` short. Live subscriptions end when it expires (on the next
+    heartbeat)."""
+    for pattern in topics:
+        if pattern.endswith("*") and not pattern[:-1].endswith((".", ":")):
+            # "meet.ab12*" would also cover "meet.ab123": end a prefix at a separator.
+            raise ValueError(f"a topic prefix must end with '.*' or ':*', not {pattern!r}")
+    payload = {"t": list(topics), "e": int(time.time()) + max_age}
     return signing.dumps(payload, salt=_GRANT_SALT, compress=True)
 
 

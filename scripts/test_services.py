@@ -169,7 +169,8 @@ def main(argv: list[str]) -> int:
         env["REDIS_URL"] = redis_url
         env["DATABASE_URL"] = db_url
         # Every key of this run under its own prefix; the suite deletes them at the end.
-        env.setdefault("REDIS_PREFIX", f"egmina-test-{secrets.token_hex(4)}")
+        # Always a fresh one: an exported REDIS_PREFIX may be a real hub's.
+        env["REDIS_PREFIX"] = f"egmina-test-{secrets.token_hex(4)}"
         print(
             f"test services: Redis {redis_url}, PostgreSQL {db_url}, "
             f"key prefix {env['REDIS_PREFIX']}",

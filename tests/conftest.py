@@ -20,6 +20,13 @@ PYTHON = sys.executable
 
 
 def pytest_configure(config):
+    # The suite deletes every key under REDIS_PREFIX at the end: never a real hub's.
+    if not os.environ.get("REDIS_PREFIX", "").startswith("egmina-test-"):
+        pytest.exit(
+            "REDIS_PREFIX must start with 'egmina-test-' (the suite deletes its keys). "
+            "Run the suite with `make test`, which sets a fresh one.",
+            returncode=2,
+        )
     missing = [name for name in ("REDIS_URL", "DATABASE_URL") if not os.environ.get(name)]
     if missing:
         pytest.exit(
@@ -34,13 +41,54 @@ def redis_url() -> str:
     return os.environ["REDIS_URL"]
 
 
+class OwnRedis:
+    """A redis-server of one test alone, which the test may stop and start."""
+
+    def __init__(self, workdir: Path):
+        import shutil
+
+        self.binary = shutil.which("redis-server")
+        assert self.binary, "redis-server is needed (apt-get install redis-server)"
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        import redis
+
+        argv = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port), "--save", ""]
+        self.proc = subprocess.Popen([*argv, "--dir", str(self.workdir)], stdout=subprocess.DEVNULL)
+        for _ in range(200):
+            try:
+                redis.Redis.from_url(self.url).ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise TimeoutError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = OwnRedis(tmp_path)
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _delete_test_keys(redis_url):
     yield
     import redis
 
     client = redis.Redis.from_url(redis_url)
-    prefix = os.environ.get("REDIS_PREFIX", "egmina")
+    prefix = os.environ["REDIS_PREFIX"]
     for key in client.scan_iter(match=f"{prefix}:*", count=1000):
         client.delete(key)
     client.close()
@@ -49,7 +97,7 @@ def _delete_test_keys(redis_url):
 @pytest.fixture
 def key_prefix() -> str:
     """A Redis key prefix of this test alone."""
-    return f"{os.environ.get('REDIS_PREFIX', 'egmina')}:{secrets.token_hex(4)}"
+    return f"{os.environ['REDIS_PREFIX']}:{secrets.token_hex(4)}"
 
 
 @pytest.fixture(autouse=True)

@@ -141,25 +141,23 @@ async def test_events_once_and_in_order_across_a_server_crash(
 
     reply = await page.evaluate("t => window.hub.subscribe([t])", topic)
     assert reply["type"] == "subscribed" and reply["topics"] == {topic: 0}
-    for n in (1, 2, 3):
-        await publisher.publish(topic, "demo.tick", {"n": n})
+    seqs = [await publisher.publish(topic, "demo.tick", {"n": n}) for n in (1, 2, 3)]
     events = await wait_events(page, 3)
-    assert [(e["seq"], e["n"]) for e in events] == [(1, 1), (2, 2), (3, 3)]
+    assert [(e["seq"], e["n"]) for e in events] == list(zip(seqs, (1, 2, 3), strict=True))
 
     # 1. The server dies; events go on; a new server comes up on the same port.
     kill_daphne(hub_processes)
     await page.wait_for_function(
         "window.log.states.some(s => s.state === 'reconnecting' && s.code === 1006)"
     )
-    for n in (4, 5, 6):
-        await publisher.publish(topic, "demo.tick", {"n": n})
+    seqs += [await publisher.publish(topic, "demo.tick", {"n": n}) for n in (4, 5, 6)]
     await asyncio.to_thread(restart_daphne, hub_processes, port)
     opened = await wait_opens(page, 2)
     assert opened["resumed"] is True, opened
     assert opened["replayed"] == 3 and opened["gap"] == [], opened
     events = await wait_events(page, 6)
     assert [e["n"] for e in events] == [1, 2, 3, 4, 5, 6]
-    await publisher.publish(topic, "demo.tick", {"n": 7})
+    seqs.append(await publisher.publish(topic, "demo.tick", {"n": 7}))
     events = await wait_events(page, 7)
 
     # A replay that overlaps what the client holds (as when a resume races live
@@ -181,23 +179,22 @@ async def test_events_once_and_in_order_across_a_server_crash(
     )
     deleted = await publisher.redis.delete(f"{key_prefix}:session:{session}")
     assert deleted == 1, "the resume session should have been in Redis"
-    for n in (8, 9):
-        await publisher.publish(topic, "demo.tick", {"n": n})
+    seqs += [await publisher.publish(topic, "demo.tick", {"n": n}) for n in (8, 9)]
     await asyncio.to_thread(restart_daphne, hub_processes, port)
     opened = await wait_opens(page, 3)
     assert opened["resumed"] is False, opened
     assert opened["replayed"] == 2 and opened["gap"] == [], opened
     await wait_events(page, 9)
-    await publisher.publish(topic, "demo.tick", {"n": 10})
+    seqs.append(await publisher.publish(topic, "demo.tick", {"n": 10}))
     events = await wait_events(page, 10)
 
     await page.wait_for_timeout(200)  # room for a late duplicate to show up
     log = await page.evaluate("window.log")
-    assert [(e["seq"], e["n"]) for e in log["events"]] == [(n, n) for n in range(1, 11)]
+    assert [(e["seq"], e["n"]) for e in log["events"]] == list(zip(seqs, range(1, 11), strict=True))
     assert {e["topic"] for e in log["events"]} == {topic}
     assert log["gaps"] == [] and log["errors"] == []
     assert log["states"][0]["state"] == "connecting"
-    assert await page.evaluate("t => window.hub.lastSeq(t)", topic) == 10
+    assert await page.evaluate("t => window.hub.lastSeq(t)", topic) == seqs[-1]
     assert noise == []
 
 

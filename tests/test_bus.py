@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 
 import pytest
 
@@ -33,13 +34,17 @@ async def wait_until(predicate, timeout=5.0):
 
 
 async def test_publish_numbers_events_and_frames_are_json(bus):
-    assert await bus.publish("public.a", "x.happened", {"n": 1}) == 1
-    assert await bus.publish("public.a", "x.happened", {"n": 2}) == 2
-    assert await bus.publish("public.b", "x.happened", None) == 1
-    history = await bus.history("public.a", 0, 2)
+    before = time.time()
+    first = await bus.publish("public.a", "x.happened", {"n": 1})
+    # A topic's numbers start at the clock in microseconds (they survive a reset).
+    assert before * 1e6 <= first <= time.time() * 1e6 + 1
+    assert await bus.publish("public.a", "x.happened", {"n": 2}) == first + 1
+    other = await bus.publish("public.b", "x.happened", None)
+    assert other >= first  # each topic counts on its own
+    history = await bus.history("public.a", first - 1, first + 1)
     assert history.complete
     decoded = [json.loads(frame) for frame in history.frames]
-    assert [d["seq"] for d in decoded] == [1, 2]
+    assert [d["seq"] for d in decoded] == [first, first + 1]
     assert decoded[0]["topic"] == "public.a"
     assert decoded[0]["type"] == "x.happened"
     assert decoded[1]["data"] == {"n": 2}
@@ -47,26 +52,26 @@ async def test_publish_numbers_events_and_frames_are_json(bus):
 
 
 async def test_listeners_get_every_event_after_the_baseline_in_order(bus):
-    await bus.publish("public.a", "before", None)
+    first = await bus.publish("public.a", "before", None)
     baseline, got = await collect(bus, "public.a")
-    assert baseline == 1
+    assert baseline == first
     for n in range(10):
         await bus.publish("public.a", "tick", {"n": n})
     await wait_until(lambda: len(got) == 10)
-    assert [seq for seq, _ in got] == list(range(2, 12))
+    assert [seq for seq, _ in got] == list(range(first + 1, first + 11))
     assert [json.loads(f)["data"]["n"] for _, f in got] == list(range(10))
 
 
 async def test_buffer_is_bounded_and_reports_gaps(bus):
-    for n in range(8):
-        await bus.publish("public.a", "tick", {"n": n})
-    history = await bus.history("public.a", 0, 8)
+    seqs = [await bus.publish("public.a", "tick", {"n": n}) for n in range(8)]
+    before_first = seqs[0] - 1
+    history = await bus.history("public.a", before_first, seqs[-1])
     assert not history.complete
-    assert [seq_of(f) for f in history.frames] == [4, 5, 6, 7, 8]
-    recent = await bus.history("public.a", 5, 8)
+    assert [seq_of(f) for f in history.frames] == seqs[3:]
+    recent = await bus.history("public.a", seqs[4], seqs[-1])
     assert recent.complete
-    assert [seq_of(f) for f in recent.frames] == [6, 7, 8]
-    assert (await bus.history("public.a", 8, 8)).frames == []
+    assert [seq_of(f) for f in recent.frames] == seqs[5:]
+    assert (await bus.history("public.a", seqs[-1], seqs[-1])).frames == []
 
 
 async def test_unlisten_stops_delivery(bus):
@@ -76,12 +81,12 @@ async def test_unlisten_stops_delivery(bus):
         got.append(seq)
 
     await bus.listen("public.a", listener)
-    await bus.publish("public.a", "one", None)
-    await wait_until(lambda: got == [1])
+    one = await bus.publish("public.a", "one", None)
+    await wait_until(lambda: got == [one])
     await bus.unlisten("public.a", listener)
     await bus.publish("public.a", "two", None)
     await asyncio.sleep(0.2)
-    assert got == [1]
+    assert got == [one]
     assert bus.listened_topics() == 0
 
 
@@ -149,11 +154,12 @@ async def test_redis_bus_shares_topics_between_instances(redis_url, key_prefix):
     b = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
     try:
         _, got = await collect(a, "public.shared")
-        for n in range(20):
+        first = await b.publish("public.shared", "tick", {"n": 0})
+        for n in range(1, 20):
             await b.publish("public.shared", "tick", {"n": n})
-        assert b.publish_sync("public.shared", "tick", {"n": 20}) == 21
+        assert b.publish_sync("public.shared", "tick", {"n": 20}) == first + 20
         await wait_until(lambda: len(got) == 21)
-        assert [seq for seq, _ in got] == list(range(1, 22))
+        assert [seq for seq, _ in got] == list(range(first, first + 21))
     finally:
         await a.close()
         await b.close()
@@ -168,7 +174,7 @@ async def test_redis_bus_fills_the_gap_after_losing_its_connection(redis_url, ke
     admin = aioredis.Redis.from_url(redis_url)
     try:
         _, got = await collect(listener_bus, "public.gap")
-        await publisher.publish("public.gap", "tick", {"n": 0})
+        first = await publisher.publish("public.gap", "tick", {"n": 0})
         await wait_until(lambda: len(got) == 1)
         # Kill the subscriber's pub/sub connection, as a network failure would.
         clients = await admin.client_list()
@@ -181,7 +187,7 @@ async def test_redis_bus_fills_the_gap_after_losing_its_connection(redis_url, ke
         for n in range(1, 6):
             await publisher.publish("public.gap", "tick", {"n": n})
         await wait_until(lambda: len(got) == 6, timeout=15)
-        assert [seq for seq, _ in got] == [1, 2, 3, 4, 5, 6]
+        assert [seq for seq, _ in got] == list(range(first, first + 6))
     finally:
         await listener_bus.close()
         await publisher.close()
@@ -193,6 +199,54 @@ async def test_memory_bus_publish_from_a_thread_reaches_the_loop(memory_bus):
     seqs = await asyncio.to_thread(
         lambda: [memory_bus.publish_sync("public.thread", "t", {"n": n}) for n in range(50)]
     )
-    assert seqs == list(range(1, 51))
+    assert seqs == list(range(seqs[0], seqs[0] + 50))
     await wait_until(lambda: len(got) == 50)
-    assert [seq for seq, _ in got] == list(range(1, 51))
+    assert [seq for seq, _ in got] == seqs
+
+
+async def test_a_lost_counter_does_not_silence_listeners(redis_url, key_prefix):
+    """The counter expires after a quiet day (or is lost with Redis): numbers go on
+    growing, so processes that still listen do not drop the new events as old."""
+    import redis.asyncio as aioredis
+
+    listener_bus = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    publisher = RedisBus(redis_url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    admin = aioredis.Redis.from_url(redis_url)
+    try:
+        _, got = await collect(listener_bus, "public.reset")
+        for _ in range(3):
+            await publisher.publish("public.reset", "before", None)
+        await wait_until(lambda: len(got) == 3)
+        await admin.delete(f"{key_prefix}:topic:public.reset:seq")
+        after = await publisher.publish("public.reset", "after", None)
+        await wait_until(lambda: len(got) == 4)
+        assert got[-1][0] == after > got[2][0]
+    finally:
+        await listener_bus.close()
+        await publisher.close()
+        await admin.aclose()
+
+
+async def test_listeners_come_back_after_a_redis_restart(own_redis, key_prefix):
+    """Redis restarts (losing everything): the process resubscribes by itself and
+    hears the topic again; it reports itself disconnected meanwhile."""
+    listener_bus = RedisBus(own_redis.url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+    try:
+        _, got = await collect(listener_bus, "public.restart")
+        publisher = RedisBus(own_redis.url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+        await publisher.publish("public.restart", "before", None)
+        await publisher.close()
+        await wait_until(lambda: len(got) == 1)
+
+        own_redis.stop()
+        await wait_until(lambda: not listener_bus.connected, timeout=15)
+        own_redis.start()
+        await wait_until(lambda: listener_bus.connected, timeout=20)
+
+        publisher = RedisBus(own_redis.url, prefix=key_prefix, buffer_size=100, seq_ttl=3600)
+        after = await publisher.publish("public.restart", "after", None)
+        await publisher.close()
+        await wait_until(lambda: len(got) == 2, timeout=10)
+        assert got[-1][0] == after > got[0][0]
+    finally:
+        await listener_bus.close()

@@ -35,8 +35,7 @@ async def test_join_while_events_keep_coming_sees_each_seq_once(redis_url, key_p
     hub = LiveHub(listener_bus, fanout)
     topic = "public.race"
     try:
-        for n in range(30):
-            await publisher.publish(topic, "tick", {"n": n})
+        seqs = [await publisher.publish(topic, "tick", {"n": n}) for n in range(30)]
         stop = asyncio.Event()
 
         async def keep_publishing():
@@ -46,7 +45,7 @@ async def test_join_while_events_keep_coming_sees_each_seq_once(redis_url, key_p
 
         task = asyncio.create_task(keep_publishing())
         sinks = []
-        for since in (0, 5, 17, 29):
+        for since in (seqs[0] - 1, seqs[5], seqs[17], seqs[29]):
             sink = Sink()
             seq, replayed, complete = await hub.join(sink, topic, since, sink.send)
             assert complete
@@ -67,22 +66,38 @@ async def test_join_while_events_keep_coming_sees_each_seq_once(redis_url, key_p
 
 async def test_join_without_since_gets_only_new_events(memory_bus):
     hub = LiveHub(memory_bus, fanout)
-    await memory_bus.publish("public.x", "old", None)
+    old = await memory_bus.publish("public.x", "old", None)
+    await asyncio.sleep(0)
     sink = Sink()
     seq, replayed, complete = await hub.join(sink, "public.x", None, sink.send)
-    assert (seq, replayed, complete) == (1, 0, True)
-    await memory_bus.publish("public.x", "new", None)
-    assert sink.seqs() == [2]
+    assert (seq, replayed, complete) == (old, 0, True)
+    new = await memory_bus.publish("public.x", "new", None)
+    await asyncio.sleep(0)
+    assert sink.seqs() == [new]
 
 
 async def test_join_past_the_buffer_reports_a_gap(memory_bus):
     hub = LiveHub(memory_bus, fanout)
-    for _ in range(60):  # buffer holds 50
-        await memory_bus.publish("public.x", "tick", None)
+    seqs = [await memory_bus.publish("public.x", "tick", None) for _ in range(60)]  # holds 50
     sink = Sink()
-    seq, replayed, complete = await hub.join(sink, "public.x", 2, sink.send)
+    _, _, complete = await hub.join(sink, "public.x", seqs[1], sink.send)
     assert not complete
-    assert sink.seqs() == list(range(11, 61))
+    assert sink.seqs() == seqs[10:]
+
+
+async def test_a_client_ahead_of_this_process_waits_for_it(memory_bus):
+    """The client saw seq N on another process before this one heard it: no gap,
+    no duplicate of N."""
+    hub = LiveHub(memory_bus, fanout)
+    other = Sink()
+    await hub.join(other, "public.x", None, other.send)
+    seen = await memory_bus.publish("public.x", "seen", None)  # not delivered here yet
+    sink = Sink()
+    seq, replayed, complete = await hub.join(sink, "public.x", seen, sink.send)
+    assert complete and seq == seen and replayed == 0
+    after = await memory_bus.publish("public.x", "after", None)
+    await asyncio.sleep(0)
+    assert sink.seqs() == [after]
 
 
 async def test_join_with_a_future_seq_is_a_gap(memory_bus):
@@ -100,24 +115,22 @@ async def test_leaving_last_member_stops_listening(memory_bus):
     assert hub.member_count("public.x") == 2
     await hub.leave(a, "public.x")
     await memory_bus.publish("public.x", "t", None)
+    await asyncio.sleep(0)
     assert a.frames == [] and len(b.frames) == 1
     await hub.leave(b, "public.x")
     assert memory_bus.listened_topics() == 0
 
 
-@pytest.mark.parametrize(
-    ("principal", "max_age", "expected"),
-    [("user:1", 60, "sid"), ("anonymous", 60, None), ("user:1", -1, None)],
-)
-def test_resume_tokens_bind_session_to_principal_and_expire(principal, max_age, expected):
+@pytest.mark.parametrize(("principal", "expected"), [("user:1", "sid"), ("anonymous", None)])
+def test_resume_tokens_bind_session_to_principal(principal, expected):
     token = make_resume_token("sid", "user:1")
-    assert read_resume_token(token, principal, max_age) == expected
+    assert read_resume_token(token, principal) == expected
 
 
 def test_resume_tokens_cannot_be_forged():
     token = make_resume_token("sid", "anonymous")
     forged = token.replace("sid", "other", 1)
-    assert read_resume_token(forged, "anonymous", 60) is None
+    assert read_resume_token(forged, "anonymous") is None
 
 
 def _limits():
@@ -147,7 +160,7 @@ async def test_resume_does_not_outlive_a_grant(memory_bus):
     session = RealtimeSession(
         hub=hub, handle=first, send=first.send, limits=_limits(), principal="user:1"
     )
-    grant = issue_grant(["meet.room1"], subject="user:1", max_age=60)
+    grant = issue_grant(["meet.room1"], max_age=60)
     await session.receive(
         json.dumps(
             {
@@ -201,3 +214,48 @@ async def test_strikes_count_refusals_in_a_row(memory_bus):
     assert await session.receive(ping) == CloseCode.RATE_LIMITED
     codes = [json.loads(f).get("code") for f in sink.frames]
     assert codes.count("rate_limited") == 12
+
+
+def test_grant_prefixes_end_at_a_separator():
+    from hub.topics import issue_grant, read_grant
+
+    with pytest.raises(ValueError, match="must end with"):
+        issue_grant(["meet.ab12*"])
+    grant = read_grant(issue_grant(["meet.ab12.*", "council:7"]))
+    assert grant.patterns == ("meet.ab12.*", "council:7")
+
+
+async def test_live_subscriptions_end_when_their_grant_expires(memory_bus):
+    import time
+
+    from hub.clock import ManualClock
+    from hub.live import RealtimeSession
+    from hub.topics import issue_grant
+
+    clock = ManualClock(start=time.time())
+    sink = Sink()
+    hub = LiveHub(memory_bus, fanout)
+    session = RealtimeSession(hub=hub, handle=sink, send=sink.send, limits=_limits(), clock=clock)
+    grant = issue_grant(["meet.room2"], max_age=60)
+    await session.receive(
+        json.dumps({"type": "subscribe", "id": "s", "topics": ["meet.room2"], "grant": grant})
+    )
+    assert await session.drop_expired_grants() == []
+    clock.advance(61)
+    assert await session.drop_expired_grants() == ["meet.room2"]
+    assert json.loads(sink.frames[-1]) == {"type": "unsubscribed", "topics": ["meet.room2"]}
+    assert hub.member_count("meet.room2") == 0
+    await memory_bus.publish("meet.room2", "after", None)
+    await asyncio.sleep(0)
+    assert json.loads(sink.frames[-1])["type"] == "unsubscribed"
+
+
+async def test_a_client_that_joined_before_the_first_event_misses_nothing(memory_bus):
+    """Subscribed to a topic with no events yet (seq 0), then dropped: on return
+    every event since the topic began is replayed, without a gap."""
+    hub = LiveHub(memory_bus, fanout)
+    seqs = [await memory_bus.publish("public.fresh", "tick", None) for _ in range(3)]
+    sink = Sink()
+    _, replayed, complete = await hub.join(sink, "public.fresh", 0, sink.send)
+    assert complete and replayed == 3
+    assert sink.seqs() == seqs
