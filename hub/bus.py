@@ -328,7 +328,8 @@ class RedisBus(TopicBus):
         async with self._reader_lock:
             if self._reader is None or self._reader.done():
                 self._pubsub = self.redis.pubsub()
-                # The reader blocks on the socket while it waits: no socket timeout.
+                # get_message(timeout=1) bounds each wait; the pool's health
+                # checks PING an idle connection to find a silent failure.
                 self._reader = asyncio.get_running_loop().create_task(
                     self._read_forever(), name="topic-bus-reader"
                 )

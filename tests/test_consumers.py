@@ -833,3 +833,17 @@ async def test_error_parameters_are_filled_in_the_translation(connect):
     reply = await ws.request({"type": "subscribe", "id": "p", "topics": ["meet.secret"]})
     assert_error(reply, ErrorCode.FORBIDDEN, "p")
     assert reply["message"] == "Nie możesz subskrybować tematu 'meet.secret'."
+
+
+async def test_deeply_nested_json_is_a_bad_message_not_a_crash(connect):
+    """msgspec gives up on very deep nesting with a RecursionError: the client gets
+    bad_message with its id, and the connection (and its topics) stay healthy."""
+    topic = topic_name()
+    ws = await connect()
+    await ws.request({"type": "subscribe", "topics": [topic]})
+    deep = '{"type":"ping","id":"deep","x":' + "[" * 5000 + "]" * 5000 + "}"
+    assert_error(await ws.request(deep), ErrorCode.BAD_MESSAGE)
+    assert_error(await ws.request('{"id":' + "[" * 5000 + "]" * 5000 + "}"), ErrorCode.BAD_MESSAGE)
+    seq = await hub.bus.get_bus().publish(topic, "still", {})
+    assert (await ws.recv())["seq"] == seq
+    assert (await ws.request({"type": "ping", "id": "after"}))["type"] == "pong"
