@@ -33,13 +33,14 @@ ROOT = Path(__file__).resolve().parent.parent
 SETUP = """
 async (url) => {
   const { HubSocket } = await import("/static/hub/js/realtime.js");
-  window.log = { events: [], states: [], gaps: [], errors: [] };
+  window.log = { events: [], states: [], gaps: [], errors: [], revoked: [] };
   window.hub = new HubSocket(url, {
     minDelay: 100,
     maxDelay: 1000,
     onEvent: (f) => window.log.events.push({ topic: f.topic, seq: f.seq, n: f.data.n }),
     onState: (state, detail) => window.log.states.push({ state, ...detail }),
     onGap: (topics) => window.log.gaps.push(topics),
+    onRevoked: (topics) => window.log.revoked.push(topics),
     onError: (e) => window.log.errors.push({ code: e.code, message: e.message }),
   });
 }
@@ -304,4 +305,30 @@ async def test_reconnects_after_a_restart_but_not_after_4001(launch, hub_process
     assert log["states"][-1]["fatal"] is True
     assert connections == 2
     assert await page.evaluate("window.hub.ping().catch(e => e.code)") == "disconnected"
+    assert noise == []
+
+
+async def test_a_subscription_ends_when_its_grant_expires(launch, hub_processes, publisher):
+    """The server leaves a private topic when its grant expires and says so; the
+    client forgets it (a reconnect does not ask again) and tells the page."""
+    from hub.topics import issue_grant
+
+    browser = await launch()
+    port = hub_processes.daphne({"WS_HEARTBEAT_INTERVAL": "0.5"})
+    page, noise = await open_page(browser, port, "/ws/hub/")
+    topic = f"meet.browser-{secrets.token_hex(4)}"
+    grant = issue_grant([topic], max_age=2)
+    reply = await page.evaluate(
+        "([t, g]) => window.hub.subscribe([t], { grant: g })", [topic, grant]
+    )
+    assert reply["type"] == "subscribed"
+    seq = await publisher.publish(topic, "demo.tick", {"n": 1})
+    events = await wait_events(page, 1)
+    assert events[0]["seq"] == seq
+    await page.wait_for_function("window.log.revoked.length > 0", timeout=10_000)
+    assert await page.evaluate("window.log.revoked") == [[topic]]
+    await publisher.publish(topic, "demo.tick", {"n": 2})
+    await page.wait_for_timeout(500)
+    assert len(await page.evaluate("window.log.events")) == 1
+    assert await page.evaluate("window.log.errors") == []
     assert noise == []

@@ -6,6 +6,7 @@
 //   const hub = new HubSocket("/ws/live/", {
 //     onEvent: (frame) => render(frame),      // {topic, seq, time, type, data}
 //     onGap: (topics) => reloadState(topics), // events were lost: reload from HTTP
+//     onRevoked: (topics) => askAgain(topics), // a grant expired: the server left these
 //     onState: (state, detail) => showBanner(state),
 //   });
 //   await hub.subscribe(["public.alerts"]);
@@ -96,6 +97,7 @@ export class HubSocket {
     this.onState = options.onState || noop;
     this.onGap = options.onGap || noop;
     this.onMessage = options.onMessage || noop;
+    this.onRevoked = options.onRevoked || noop;
     this.onError = options.onError || noop;
     this.requestTimeout = options.requestTimeout ?? 15000;
     this.connectTimeout = options.connectTimeout ?? 20000;
@@ -379,6 +381,18 @@ export class HubSocket {
       return;
     }
     if (type === "ping") return; // the server heartbeat: hearing it was the point
+    if (type === "unsubscribed") {
+      // Without an id it is the server's decision: the grant that allowed these
+      // topics expired. Forget them, or a reconnect would ask again in vain.
+      const topics = Array.isArray(message.topics) ? message.topics : [];
+      for (const topic of topics) {
+        this._wanted.delete(topic);
+        this._topics.delete(topic);
+        this._seqs.delete(topic);
+      }
+      safely(this.onRevoked, topics);
+      return;
+    }
     if (type === "error") {
       this._report(new HubError(message.code, message.message, message));
       return;
