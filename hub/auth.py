@@ -8,6 +8,7 @@ signed with SECRET_KEY, so it cannot be forged or widened.
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 from dataclasses import dataclass
 from urllib.parse import parse_qs
@@ -73,6 +74,21 @@ def principal_of(scope) -> str:
     if guest is not None:
         return f"guest:{guest.guest_id}"
     return "anonymous"
+
+
+def address_limit_key(address: str) -> str:
+    """The key a client address is counted under for the per-IP limit. An IPv6
+    client usually holds a whole /64, so it is counted per /64; else a phone
+    could take every slot by rotating addresses."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return f"ip:{address[:64]}"
+    if ip.version == 4:
+        return f"ip:{ip}"
+    if ip.ipv4_mapped is not None:
+        return f"ip:{ip.ipv4_mapped}"
+    return f"ip:{ipaddress.ip_network(f'{ip}/64', strict=False)}"
 
 
 def client_ip(scope) -> str:

@@ -32,7 +32,7 @@ from websockets.http11 import Response
 from websockets.protocol import State
 
 from hub import metrics
-from hub.auth import language_of
+from hub.auth import address_limit_key, language_of
 from hub.bus import TopicBus, get_bus
 from hub.envelope import CloseCode, ServerPing, encode
 from hub.live import LiveHub, RealtimeSession, SessionLimits
@@ -103,7 +103,8 @@ class BroadcastServer:
 
     async def _handle(self, ws: ServerConnection) -> None:
         member = secrets.token_urlsafe(12)
-        claims = [(f"ip:{self.client_ip(ws)}", settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
+        ip_key = address_limit_key(self.client_ip(ws))
+        claims = [(ip_key, settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
         if await self.bus.acquire_slots(claims, member, self.limits.heartbeat_interval * 3):
             metrics.REFUSED.labels("too_many_connections").inc()
             await ws.close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")

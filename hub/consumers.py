@@ -17,7 +17,7 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
 from hub import metrics
-from hub.auth import client_ip, language_of, principal_of
+from hub.auth import address_limit_key, client_ip, language_of, principal_of
 from hub.bus import get_bus
 from hub.envelope import (
     HUB_PROTOCOL,
@@ -121,7 +121,8 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
 
     async def _acquire_slots(self, principal: str, limits: SessionLimits) -> bool:
 
-        claims = [(f"ip:{client_ip(self.scope)}", settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
+        ip_key = address_limit_key(client_ip(self.scope))
+        claims = [(ip_key, settings.REALTIME["MAX_CONNECTIONS_PER_IP"])]
         if principal != "anonymous":
             claims.append((principal, settings.REALTIME["MAX_CONNECTIONS_PER_USER"]))
         ttl = limits.heartbeat_interval * 3
