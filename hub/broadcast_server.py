@@ -151,9 +151,11 @@ class BroadcastServer:
             frame = encode(ServerPing(time=time.time()))
             websockets.broadcast(self.connections, frame)
             try:
-                await self._keep_alive(interval)
-            except Exception as exc:  # Redis down: the next beat tries again
-                log.warning("heartbeat upkeep failed: %s", exc)
+                # Bounded: pings must keep their rhythm whatever Redis does.
+                async with asyncio.timeout(interval):
+                    await self._keep_alive(interval)
+            except Exception as exc:  # Redis down or slow: the next beat tries again
+                log.warning("heartbeat upkeep failed: %r", exc)
 
     async def _keep_alive(self, interval: float) -> None:
         """Refresh connection slots and resume sessions; drop expired grants."""
@@ -164,10 +166,12 @@ class BroadcastServer:
         subscribed = [s.session_id for s in sessions if s.topics]
         if subscribed:
             await self.bus.touch_sessions(subscribed, self.limits.resume_ttl)
-        for session in sessions:
-            if any(session.topics.values()):
-                with contextlib.suppress(websockets.ConnectionClosed):
-                    await session.drop_expired_grants()
+        expiring = [s for ws, s in self._sessions.items() if any(s.topics.values())]
+        if expiring:
+            # Concurrently: one slow reader must not hold up the others.
+            await asyncio.gather(
+                *(s.drop_expired_grants() for s in expiring), return_exceptions=True
+            )
 
     async def _drop_slow_readers_forever(self) -> None:
         limit = settings.REALTIME["MAX_SEND_BUFFER_BYTES"]

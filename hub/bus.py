@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from hub.envelope import TOPIC_RE
@@ -262,6 +263,7 @@ class RedisBus(TopicBus):
         self.connected = True
         self._reader: asyncio.Task | None = None
         self._reader_lock = asyncio.Lock()
+        self._pubsub_lock = asyncio.Lock()
         self._closing = False
 
     def _key(self, *parts: str) -> str:
@@ -303,11 +305,40 @@ class RedisBus(TopicBus):
 
     # Per-process subscription ---------------------------------------------------
 
+    # redis-py's PubSub opens its connection lazily and without a lock: two
+    # commands racing on a fresh PubSub open two connections, and the one not
+    # read from keeps its channels deaf. Every command on it, and replacing it,
+    # go through this lock, and a new PubSub is connected before anyone uses it.
+
+    async def _pubsub_command(self, command: str, *channels: str) -> None:
+        async with self._pubsub_lock:
+            if self._pubsub is None:  # the reader is reconnecting; it resubscribes all
+                raise RedisConnectionError("the topic bus is reconnecting to Redis")
+            await getattr(self._pubsub, command)(*channels)
+
+    async def _replace_pubsub(self) -> None:
+        async with self._pubsub_lock:
+            old, self._pubsub = self._pubsub, None
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await old.aclose()
+            pubsub = self.redis.pubsub()
+            try:
+                await pubsub.connect()
+                channels = [self._key("topic", t) for t in self._topics]
+                if channels:
+                    await pubsub.subscribe(*channels)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+                raise
+            self._pubsub = pubsub
+
     async def _subscribe(self, topic: str, state: _TopicState) -> None:
         state.ready = asyncio.get_running_loop().create_future()
         await self._ensure_reader()
         try:
-            await self._pubsub.subscribe(self._key("topic", topic))
+            await self._pubsub_command("subscribe", self._key("topic", topic))
             await asyncio.wait_for(asyncio.shield(state.ready), timeout=10)
         except BaseException as exc:
             if self._topics.get(topic) is state:
@@ -316,18 +347,18 @@ class RedisBus(TopicBus):
                 state.ready.set_exception(ConnectionError(f"could not subscribe: {exc!r}"))
                 state.ready.exception()  # retrieved: no "never retrieved" warning
             with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(self._key("topic", topic))
+                await self._pubsub_command("unsubscribe", self._key("topic", topic))
             raise
 
     async def _unsubscribe(self, topic: str) -> None:
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
-                await self._pubsub.unsubscribe(self._key("topic", topic))
+                await self._pubsub_command("unsubscribe", self._key("topic", topic))
 
     async def _ensure_reader(self) -> None:
         async with self._reader_lock:
             if self._reader is None or self._reader.done():
-                self._pubsub = self.redis.pubsub()
+                await self._replace_pubsub()
                 # get_message(timeout=1) bounds each wait; the pool's health
                 # checks PING an idle connection to find a silent failure.
                 self._reader = asyncio.get_running_loop().create_task(
@@ -342,12 +373,9 @@ class RedisBus(TopicBus):
             try:
                 if resubscribe:
                     # Until this succeeds no topic is heard: retry it, never skip it.
-                    channels = [self._key("topic", t) for t in self._topics]
-                    if channels:
-                        await self._pubsub.subscribe(*channels)
+                    await self._replace_pubsub()
                     resubscribe = False
-                    self.connected = True
-                    log.warning("topic bus reconnected to Redis (%d topics)", len(channels))
+                    log.warning("topic bus reconnected to Redis (%d topics)", len(self._topics))
                 if not self._pubsub.subscribed:
                     await asyncio.sleep(0.05)
                     continue
@@ -355,6 +383,8 @@ class RedisBus(TopicBus):
                 backoff = 0.1
                 if message is None:
                     continue
+                # Connected means "a reply came back", not "a command went out".
+                self.connected = True
                 kind = message["type"]
                 topic = message["channel"][len(channel_prefix) :]
                 if kind == "message":
@@ -369,9 +399,6 @@ class RedisBus(TopicBus):
                 self.connected = False
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
-                with contextlib.suppress(Exception):
-                    await self._pubsub.aclose()
-                self._pubsub = self.redis.pubsub()
                 resubscribe = True
             except Exception:  # a bug with one message must not stop the others
                 log.exception("topic bus could not handle a message")
@@ -441,11 +468,21 @@ class RedisBus(TopicBus):
         keys = [self._key("session", session_id)]
         return bool(await self._save_session_script(keys=keys, args=args))
 
+    async def retire_session(self, session_id: str, *, owner: str, ttl: int) -> None:
+        """A resumed session lives on under a new id: the old id can no longer
+        be resumed, and the old connection's late close cannot revive it."""
+        key = self._key("session", session_id)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(key)
+            pipe.hset(key, mapping={"@owner": owner, "@moved": 1})
+            pipe.expire(key, ttl)
+            await pipe.execute()
+
     async def load_session(self, session_id: str) -> dict[str, int] | None:
         fields = await self.redis.hgetall(self._key("session", session_id))
-        if not fields:
+        if not fields or "@moved" in fields:
             return None
-        return {topic: int(expiry) for topic, expiry in sorted(fields.items()) if topic != "@owner"}
+        return {topic: int(expiry) for topic, expiry in sorted(fields.items()) if topic[0] != "@"}
 
     # Connection slots ---------------------------------------------------------------
 
@@ -533,7 +570,7 @@ class MemoryBus(TopicBus):
         self._seq: dict[str, int] = {}
         self._origin: dict[str, int] = {}
         self._log: dict[str, collections.deque] = {}
-        self._sessions: dict[str, tuple[dict[str, int], float, str]] = {}
+        self._sessions: dict[str, tuple[dict[str, int] | None, float, str]] = {}
         self._slots: dict[str, dict[str, float]] = collections.defaultdict(dict)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._clock = clock
@@ -618,10 +655,15 @@ class MemoryBus(TopicBus):
             if entry is not None:
                 self._sessions[session_id] = (entry[0], expiry, entry[2])
 
+    async def retire_session(self, session_id: str, *, owner: str, ttl: int) -> None:
+        self._sessions[session_id] = (None, self._clock.time() + ttl, owner)
+
     async def load_session(self, session_id: str) -> dict[str, int] | None:
         entry = self._sessions.get(session_id)
         if entry is None or entry[1] < self._clock.time():
             self._sessions.pop(session_id, None)
+            return None
+        if entry[0] is None:  # retired: resumed under a new id
             return None
         return dict(entry[0])
 

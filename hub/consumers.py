@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import time
 from collections.abc import Collection
 
 from channels.generic.websocket import AsyncWebsocketConsumer
@@ -33,6 +34,16 @@ from hub.roles import roles_of
 log = logging.getLogger(__name__)
 
 _hubs: dict[int, LiveHub] = {}
+_last_upkeep_warning = 0.0
+
+
+def _warn_upkeep_failed(exc: Exception) -> None:
+    """Once a minute per process, not once per socket per beat."""
+    global _last_upkeep_warning
+    now = time.monotonic()
+    if now - _last_upkeep_warning >= 60:
+        _last_upkeep_warning = now
+        log.warning("heartbeat upkeep failed (Redis down?): %r", exc)
 
 
 def _fanout_to_consumers(consumers: Collection[EnvelopeConsumer], frame: str) -> None:
@@ -182,14 +193,16 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(interval)
             await self._enqueue(encode(ServerPing(time=self.session.clock.time())))
             try:
-                bus = get_bus()
-                if self._slots:
-                    await bus.refresh_slots(self._slots, interval * 3)
-                if self.session.topics:
-                    await bus.touch_sessions([self.session.session_id], self.limits.resume_ttl)
-                await self.session.drop_expired_grants()
-            except Exception as exc:  # Redis down: the next beat tries again
-                log.warning("heartbeat upkeep failed: %s", exc)
+                # Bounded: pings must keep their rhythm whatever Redis does.
+                async with asyncio.timeout(interval):
+                    bus = get_bus()
+                    if self._slots:
+                        await bus.refresh_slots(self._slots, interval * 3)
+                    if self.session.topics:
+                        await bus.touch_sessions([self.session.session_id], self.limits.resume_ttl)
+                    await self.session.drop_expired_grants()
+            except Exception as exc:  # Redis down or slow: the next beat tries again
+                _warn_upkeep_failed(exc)
 
     async def receive(self, text_data=None, bytes_data=None):
         # Frames that arrive after we closed (the client has not seen the close

@@ -358,9 +358,16 @@ class RealtimeSession:
         grant = read_grant(message.grant)
         new: dict[str, int] = {}
         for topic in dict.fromkeys(message.topics):
-            if topic in self.topics:
-                continue
             expiry = self._expiry_of(topic, grant)
+            if topic in self.topics:
+                # Subscribing again with a fresh grant renews the subscription.
+                if (
+                    expiry is not None
+                    and self.topics[topic]
+                    and (expiry == 0 or expiry > self.topics[topic])
+                ):
+                    self.topics[topic] = expiry
+                continue
             if expiry is None:
                 raise EnvelopeError(
                     ErrorCode.FORBIDDEN,
@@ -436,7 +443,11 @@ class RealtimeSession:
                 id=message.id,
                 params={"count": self.limits.max_subscriptions},
             )
-        self.session_id = old_id
+        # The session goes on under this connection's new id: the old token
+        # (which may have leaked) stops working once it has been used.
+        await self.hub.bus.retire_session(
+            old_id, owner=self.connection_id, ttl=self.limits.resume_ttl
+        )
         seqs, replayed, gaps = await self._join(valid, valid, message.since)
         await self._save()
         return Resumed(
@@ -453,12 +464,18 @@ class RealtimeSession:
         ``unsubscribed`` (no id: the server's own decision). Transports call this
         on every heartbeat."""
         now = self.clock.time()
-        expired = [topic for topic, expiry in self.topics.items() if expiry and expiry <= now]
-        for topic in expired:
+        expired = []
+        for topic in [t for t, expiry in self.topics.items() if expiry and expiry <= now]:
+            expiry = self.topics.get(topic)
+            # Checked again after every await: the client may have unsubscribed
+            # or renewed the grant meanwhile.
+            if not expiry or expiry > self.clock.time():
+                continue
             del self.topics[topic]
             await self.hub.leave(self.handle, topic)
+            expired.append(topic)
         if expired:
-            await self._save()
+            await self._save(only_if_owner=True)
             await self.send(encode(Unsubscribed(topics=expired)))
         return expired
 

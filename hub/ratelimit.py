@@ -31,9 +31,11 @@ class TokenBucket:
 
     def charge(self, cost: float) -> None:
         """Take ``cost`` tokens for work already done; the bucket may go below
-        zero, and later messages wait until it refills."""
+        zero (down to minus one burst), and later messages wait until it refills."""
         self.take(0)  # refill up to now
-        self._tokens -= cost
+        # The debt is capped at one burst: after a big replay the client waits
+        # a few seconds, it is not locked out for minutes.
+        self._tokens = max(self._tokens - cost, -float(self.burst))
 
     @property
     def tokens(self) -> float:

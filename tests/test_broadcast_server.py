@@ -392,7 +392,7 @@ async def test_resume_on_the_broadcast_server(servers):
     assert [(await recv(b))["seq"] for _ in range(3)] == missed
     resumed = await recv(b)
     assert resumed["type"] == "resumed" and resumed["id"] == "r"
-    assert resumed["session"] == welcome["session"]
+    assert resumed["session"] == b.welcome["session"] != welcome["session"]
     assert resumed["topics"] == {topic: missed[-1]} and resumed["replayed"] == 3
     assert resumed.get("gap", []) == []
     live = await publisher.publish(topic, "e", {"n": 5})
@@ -432,7 +432,7 @@ async def test_resume_across_transports(servers, settings):
         )
         frames = [json.loads(await communicator.receive_from(TIMEOUT)) for _ in range(4)]
         assert [f.get("seq") for f in frames[:3]] == missed
-        assert frames[3]["type"] == "resumed" and frames[3]["session"] == welcome["session"]
+        assert frames[3]["type"] == "resumed" and frames[3]["session"] != welcome["session"]
         live = await publisher.publish(topic, "e", {"n": 5})
         assert json.loads(await communicator.receive_from(TIMEOUT))["seq"] == live
     finally:

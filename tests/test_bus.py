@@ -250,3 +250,22 @@ async def test_listeners_come_back_after_a_redis_restart(own_redis, key_prefix):
         assert got[-1][0] == after > got[0][0]
     finally:
         await listener_bus.close()
+
+
+async def test_many_topics_subscribed_at_once_on_a_fresh_bus_are_all_heard(redis_url, key_prefix):
+    """Concurrent first subscriptions once raced to open several pub/sub
+    connections, one read and the others deaf (clients rushing back to a
+    restarted broadcast process)."""
+    listener_bus = RedisBus(redis_url, prefix=key_prefix, buffer_size=10, seq_ttl=3600)
+    publisher = RedisBus(redis_url, prefix=key_prefix, buffer_size=10, seq_ttl=3600)
+    topics = [f"public.rush-{n}" for n in range(20)]
+    got: dict[str, list[int]] = {t: [] for t in topics}
+    try:
+        await asyncio.gather(
+            *(listener_bus.listen(t, lambda t, seq, f: got[t].append(seq)) for t in topics)
+        )
+        sent = {t: await publisher.publish(t, "hello", None) for t in topics}
+        await wait_until(lambda: all(got[t] == [sent[t]] for t in topics))
+    finally:
+        await listener_bus.close()
+        await publisher.close()

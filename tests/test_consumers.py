@@ -533,7 +533,7 @@ async def test_resume_replays_missed_events_in_order_then_goes_live(connect):
     resumed = await b.recv()
     assert resumed["type"] == "resumed"
     assert resumed["id"] == "r"
-    assert resumed["session"] == a.welcome["session"]
+    assert resumed["session"] == b.welcome["session"] != a.welcome["session"]
     assert resumed["topics"] == {topic: missed[-1]}
     assert resumed["replayed"] == 3
     assert resumed.get("gap", []) == []
@@ -601,6 +601,10 @@ async def test_resumed_token_can_be_used_again(connect):
     await c.send({"type": "resume", "token": resumed["resume_token"], "since": since})
     assert (await c.recv())["seq"] == seq
     assert (await c.recv())["type"] == "resumed"
+    # The first token was spent: it cannot resume again (were it leaked).
+    d = await connect()
+    reply = await d.request({"type": "resume", "id": "old", "token": a.welcome["resume_token"]})
+    assert_error(reply, ErrorCode.RESUME_EXPIRED, "old")
 
 
 @pytest.mark.parametrize("token", ["garbage", "a" * 512])

@@ -259,3 +259,30 @@ async def test_a_client_that_joined_before_the_first_event_misses_nothing(memory
     _, replayed, complete = await hub.join(sink, "public.fresh", 0, sink.send)
     assert complete and replayed == 3
     assert sink.seqs() == seqs
+
+
+async def test_subscribing_again_with_a_fresh_grant_renews_it(memory_bus):
+    import time
+
+    from hub.clock import ManualClock
+    from hub.live import RealtimeSession
+    from hub.topics import issue_grant
+
+    clock = ManualClock(start=time.time())
+    sink = Sink()
+    session = RealtimeSession(
+        hub=LiveHub(memory_bus, fanout),
+        handle=sink,
+        send=sink.send,
+        limits=_limits(),
+        clock=clock,
+    )
+    for max_age in (60, 600):
+        grant = issue_grant(["meet.room3"], max_age=max_age)
+        await session.receive(
+            json.dumps({"type": "subscribe", "id": "s", "topics": ["meet.room3"], "grant": grant})
+        )
+    clock.advance(61)
+    assert await session.drop_expired_grants() == []
+    clock.advance(600)
+    assert await session.drop_expired_grants() == ["meet.room3"]

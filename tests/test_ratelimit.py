@@ -39,3 +39,15 @@ def test_invalid_configuration(rate, burst):
 def test_clock_does_not_go_back():
     with pytest.raises(ValueError):
         ManualClock().advance(-1)
+
+
+def test_charge_puts_the_bucket_in_debt_but_only_one_burst_deep():
+    clock = ManualClock()
+    bucket = TokenBucket(rate=10, burst=5, clock=clock)
+    bucket.charge(100)
+    assert bucket.tokens == -5
+    assert not bucket.take()
+    clock.advance(0.45)  # still in debt
+    assert not bucket.take()
+    clock.advance(0.2)  # one token and a bit
+    assert bucket.take()

@@ -406,6 +406,12 @@ export class HubSocket {
     if (!this._wanted.has(frame.topic)) return;
     const last = this._seqs.get(frame.topic);
     if (last !== undefined && frame.seq <= last) return;
+    // A jump means events were lost on the way (Redis lost them, or more were
+    // missed than the buffer holds): deliver this one, and say so. 0 is "no
+    // event yet": a topic's first number is large, not 1.
+    if (last !== undefined && last !== 0 && frame.seq > last + 1) {
+      safely(this.onGap, [frame.topic]);
+    }
     this._seqs.set(frame.topic, frame.seq);
     safely(this.onEvent, frame);
   }
