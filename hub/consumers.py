@@ -86,8 +86,12 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         """Topic patterns this connection may join without a grant; override."""
         return []
 
+    def session_limits(self) -> SessionLimits:
+        """The limits of this endpoint's connections; override to change one."""
+        return SessionLimits.from_settings()
+
     async def connect(self):
-        limits = SessionLimits.from_settings()
+        limits = self.session_limits()
         self.limits = limits
         self.connection_id = secrets.token_urlsafe(12)
         self._slots: list[tuple[str, str]] = []
@@ -170,6 +174,10 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
             await self._room.wait()
         self.push(text)
 
+    def close_after_sending(self, code: int) -> None:
+        """Close with ``code`` once the frames queued before it are sent."""
+        self._outbox.put_nowait(CloseAfter(int(code)))
+
     async def send_message(self, message: Message) -> None:
         """Send one envelope message to this client, in order with its events."""
         await self._enqueue(encode(message))
@@ -183,6 +191,9 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
                 self._room.set()
             if frame is None:
                 await self.close(code=int(CloseCode.TOO_SLOW))
+                return
+            if isinstance(frame, CloseAfter):
+                await self.close(code=frame.code)
                 return
             await self.send(text_data=frame)
             sent.inc()
@@ -243,6 +254,15 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
         if getattr(self, "_counted", False):
             metrics.OPEN_SOCKETS.labels(self.endpoint).dec()
             self._counted = False
+
+
+class CloseAfter:
+    """In a consumer's outbox: close with ``code`` here."""
+
+    __slots__ = ("code",)
+
+    def __init__(self, code: int):
+        self.code = code
 
 
 class Whoami(Message, tag="whoami"):

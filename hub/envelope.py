@@ -40,6 +40,11 @@ class ErrorCode(StrEnum):
     CONFLICT = "conflict"
     TOO_MANY_SUBSCRIPTIONS = "too_many_subscriptions"
     RESUME_EXPIRED = "resume_expired"
+    GONE = "gone"  # the thing asked for has ended (e.g. a meeting)
+    LOCKED = "locked"
+    FULL = "full"
+    BAD_SDP = "bad_sdp"
+    BAD_CANDIDATE = "bad_candidate"
     INTERNAL = "internal"
 
 

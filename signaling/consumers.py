@@ -1,0 +1,559 @@
+"""``/ws/meet/<code>/``: one participant's socket in a meeting (thin).
+
+The rules live in signaling.rules; rooms are changed in the database under a
+row lock (signaling.services); every change is told to the room's channel
+group, and each socket shows its participant their own view of it. WebRTC
+negotiation is relayed to one participant's socket at a time through the
+channel layer, so two people on different daphne processes meet normally.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import replace
+
+import msgspec
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.core import signing
+from django.utils import translation
+from django.utils.translation import gettext_lazy as _
+
+from hub.auth import principal_of
+from hub.clock import Clock, system_clock
+from hub.consumers import EnvelopeConsumer
+from hub.envelope import HUB_PROTOCOL, CloseCode, EnvelopeError, ErrorCode
+from hub.live import SessionLimits
+from hub.ratelimit import TokenBucket
+from hub.roles import Role as AccountRole
+from hub.roles import roles_of
+from signaling import protocol as p
+from signaling import rules, sdp, services
+from signaling.rules import Action, Refused, Role, Room, Status
+
+log = logging.getLogger(__name__)
+
+STAFF_ROLES = frozenset(
+    {
+        AccountRole.CLERK,
+        AccountRole.TEACHER,
+        AccountRole.OPERATOR,
+        AccountRole.ADMIN,
+        AccountRole.CHAIR,
+    }
+)
+_REJOIN_SALT = "signaling.rejoin"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+
+REASONS = {
+    "meeting_ended": _("The meeting has ended."),
+    "meeting_locked": _("The meeting is locked: nobody new can join."),
+    "meeting_full": _("The meeting is full."),
+    "call_full": _("The call already has as many residents as it can take."),
+    "briefing_invited_only": _("Only invited staff can join this briefing."),
+    "not_admitted": _("You have not been admitted yet."),
+    "not_allowed": _("Your role in this meeting does not allow that."),
+    "no_such_participant": _("There is no such participant."),
+    "not_on_yourself": _("You cannot do that to yourself."),
+    "not_on_host": _("Only the host can do that to the host."),
+    "not_on_moderator": _("A moderator cannot be sent back to the queue."),
+    "already_admitted": _("That person is already in the meeting."),
+    "not_waiting": _("That person is not waiting in the queue."),
+    "not_admitted_target": _("That person is not in the meeting."),
+    "queue_empty": _("Nobody is waiting."),
+    "nothing_to_mute": _("Say what to turn off: audio, video or both."),
+    "cannot_host": _("That person cannot become the host."),
+    "no_floor_for_role": _("Only participants are given or denied the floor."),
+    "needs_floor": _("Raise your hand: a moderator will give you the floor."),
+    "rejoin_expired": _("Your earlier place in the meeting has expired."),
+    "join_first": _("Join the meeting first."),
+    "already_joined": _("This connection has already joined."),
+    "peer_unavailable": _("That participant is not connected."),
+    "one_payload": _("Send either a description or a candidate."),
+    "description_type": _("A description must be an offer or an answer."),
+    "sdp_too_large": _("The session description is larger than %(limit)s bytes."),
+    "sdp_not_sdp": _("The session description does not start with v=0."),
+    "sdp_bad_line": _("The session description has a malformed line."),
+    "sdp_no_media": _("The session description has no media section."),
+    "sdp_too_many_media": _("The session description has too many media sections."),
+    "candidate_malformed": _("The ICE candidate is malformed."),
+    "candidate_bad_mid": _("The ICE candidate's sdpMid is malformed."),
+    "candidate_bad_index": _("The ICE candidate's sdpMLineIndex is out of range."),
+    "candidate_no_section": _("The ICE candidate names no media section."),
+    "chat_empty": _("The message is empty."),
+    "chat_too_long": _("The message is longer than %(limit)s characters."),
+    "chat_flood": _("You are sending messages too fast; wait a moment."),
+    "no_such_question": _("There is no such question waiting."),
+    "removed": _("A moderator removed you from the meeting."),
+    "denied": _("The host did not let you in."),
+    "served": _("Your consultation has finished. Thank you."),
+    "left": _("You left the meeting."),
+    "timed_out": _("You were away for too long and left the meeting."),
+    "replaced": _("You joined this meeting from another window."),
+}
+CLOSE_FOR = {
+    "removed": CloseCode.FORBIDDEN,
+    "denied": CloseCode.FORBIDDEN,
+}
+REFUSAL_CODES = {code.value: code for code in ErrorCode}
+
+
+def refusal(reason: str, code: ErrorCode | str = ErrorCode.FORBIDDEN, **params) -> EnvelopeError:
+    code = REFUSAL_CODES.get(str(code), ErrorCode.FORBIDDEN)
+    return EnvelopeError(code, REASONS.get(reason, reason), params=params or None)
+
+
+def make_rejoin_token(code: str, pid: str, principal: str) -> str:
+    return signing.dumps({"c": code, "p": pid, "u": principal}, salt=_REJOIN_SALT)
+
+
+def read_rejoin_token(token: str, code: str, principal: str) -> str | None:
+    try:
+        data = signing.loads(token, salt=_REJOIN_SALT, max_age=settings.GUEST_TOKEN_MAX_AGE)
+    except signing.BadSignature:
+        return None
+    if not isinstance(data, dict) or data.get("c") != code or data.get("u") != principal:
+        return None
+    pid = data.get("p")
+    return pid if isinstance(pid, str) else None
+
+
+def _event_dict(event: rules.Event) -> dict:
+    return {
+        "kind": event.kind,
+        "pid": event.pid,
+        "actor": event.actor,
+        "to": event.to,
+        "detail": event.detail,
+    }
+
+
+class MeetConsumer(EnvelopeConsumer):
+    endpoint = "meet"
+    protocol = HUB_PROTOCOL.extend(p.INBOUND)
+    require_login = True  # a signed-in user or a guest token for this meeting
+    clock: Clock = system_clock
+
+    def session_limits(self) -> SessionLimits:
+        m = settings.MEETINGS
+        return replace(
+            SessionLimits.from_settings(),
+            rate_per_second=m["RATE_PER_SECOND"],
+            rate_burst=m["RATE_BURST"],
+        )
+
+    def handlers(self):
+        return {
+            p.Join: self.join,
+            p.Signal: self.signal,
+            p.Media: self.media,
+            p.Hand: self.hand,
+            p.Chat: self.chat,
+            p.History: self.history,
+            p.Sync: self.sync,
+            p.Leave: self.leave,
+            p.Admit: lambda m: self._act(Action.ADMIT, m.who),
+            p.Deny: lambda m: self._act(Action.DENY, m.who),
+            p.SendBack: lambda m: self._act(Action.SEND_BACK, m.who),
+            p.CallNext: lambda m: self._act(Action.CALL_NEXT),
+            p.Mute: lambda m: self._act(Action.MUTE, m.who, {"audio": m.audio, "video": m.video}),
+            p.Remove: lambda m: self._act(Action.REMOVE, m.who),
+            p.Lock: lambda m: self._act(Action.LOCK, value=m.locked),
+            p.End: lambda m: self._act(Action.END),
+            p.HandOver: lambda m: self._act(Action.HAND_OVER, m.who),
+            p.Floor: lambda m: self._act(Action.FLOOR, m.who, m.give),
+            p.Approve: self.approve,
+        }
+
+    # --- Connection -----------------------------------------------------------
+
+    async def connect(self):
+        self.code = self.scope["url_route"]["kwargs"]["code"]
+        self.group = f"meet.{self.code}"
+        self.pid: str | None = None
+        self.room: Room | None = None
+        self.sent_version = -1
+        self.limits_rules = services.limits()
+        m = settings.MEETINGS
+        self.chat_bucket = TokenBucket(
+            m["CHAT_PER_MINUTE"] / 60, min(5, m["CHAT_PER_MINUTE"]), clock=self.clock
+        )
+        guest = self.scope.get("guest")
+        if guest is not None and guest.resource != f"meet:{self.code}":
+            self.scope = {**self.scope, "guest": None}  # a token for another meeting
+        if await services.find_meeting(self.code) is None:
+            # Refuse the handshake (HTTP 403): an unknown code learns nothing more.
+            await self.close()
+            return
+        await super().connect()
+
+    async def disconnect(self, code):
+        pid, self.pid = self.pid, None
+        if pid is not None:
+            try:
+                await self._change(
+                    lambda room: rules.disconnect(
+                        room, pid, self.channel_name, now=self._now(), limits=self.limits_rules
+                    )
+                )
+            except Exception:
+                log.exception("meeting %s: could not mark %s away", self.code, pid)
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+        await super().disconnect(code)
+
+    async def _heartbeat_forever(self):
+        # The base heartbeat pings the client; this renews the participant's
+        # lease beside it, so a participant whose process died times out.
+        import asyncio
+
+        async def renew_forever():
+            while True:
+                await asyncio.sleep(self.limits.heartbeat_interval)
+                if self.pid is None:
+                    continue
+                pid = self.pid
+                try:
+                    await self._change(
+                        lambda room, pid=pid: rules.renew(
+                            room,
+                            pid,
+                            self.channel_name,
+                            now=self._now(),
+                            limits=self.limits_rules,
+                        )
+                    )
+                except Exception:
+                    log.warning("meeting %s: lease renewal failed", self.code, exc_info=True)
+
+        renewer = asyncio.get_running_loop().create_task(renew_forever())
+        try:
+            await super()._heartbeat_forever()
+        finally:
+            renewer.cancel()
+
+    def _now(self) -> float:
+        return self.clock.time()
+
+    # --- Changing the room ----------------------------------------------------
+
+    async def _change(self, change, *, refresh: bool = False) -> services.Changed:
+        try:
+            changed = await services.change_room(
+                self.code, change, now=self._now(), refresh=refresh
+            )
+        except Refused as refused:
+            raise refusal(refused.reason, refused.code) from None
+        if changed.visible or any(e.to for e in changed.events):
+            await self.channel_layer.group_send(
+                self.group,
+                {
+                    "type": "meet.room",
+                    "state": msgspec.to_builtins(changed.room),
+                    "events": [_event_dict(e) for e in changed.events],
+                },
+            )
+        return changed
+
+    def _me(self) -> rules.Participant:
+        if self.pid is None or self.room is None:
+            raise refusal("join_first")
+        me = self.room.participants.get(self.pid)
+        if me is None:
+            raise refusal("join_first")
+        return me
+
+    def _view(self) -> dict:
+        return rules.view(self.room, self.pid, now=self._now(), limits=self.limits_rules)
+
+    async def _act(self, action: Action, target: str | None = None, value=None) -> p.Ok:
+        self._me()
+        pid = self.pid
+        await self._change(
+            lambda room: rules.act(
+                room,
+                pid,
+                action,
+                now=self._now(),
+                limits=self.limits_rules,
+                target=target,
+                value=value,
+            )
+        )
+        return p.Ok()
+
+    # --- Join -------------------------------------------------------------------
+
+    @database_sync_to_async
+    def _claim(self, message: p.Join) -> rules.Claim:
+        user = self.scope.get("user")
+        principal = principal_of(self.scope)
+        session = self.scope.get("session")
+        host_link = bool(session is not None and self.code in session.get("meet_hosts", []))
+        if user is not None and user.is_authenticated:
+            roles = roles_of(user)
+            owner = services.find_meeting_sync(self.code).owner_id == user.pk
+            return rules.Claim(
+                principal=principal,
+                name=(user.get_full_name() or user.get_username())[:80],
+                authenticated=True,
+                staff=bool(roles & STAFF_ROLES) or user.is_staff,
+                host=owner or host_link,
+                watch_only=message.watch_only,
+            )
+        guest = self.scope["guest"]
+        return rules.Claim(
+            principal=principal, name=guest.name, host=host_link, watch_only=message.watch_only
+        )
+
+    async def join(self, message: p.Join) -> p.Joined:
+        if self.pid is not None:
+            raise refusal("already_joined", ErrorCode.CONFLICT)
+        claim = await self._claim(message)
+        now, limits = self._now(), self.limits_rules
+        changed = None
+        resumed = False
+        pid = (
+            read_rejoin_token(message.rejoin, self.code, claim.principal)
+            if message.rejoin
+            else None
+        )
+        if pid is not None:
+            try:
+                changed = await self._change(
+                    lambda room: rules.reconnect(
+                        room,
+                        pid,
+                        claim.principal,
+                        channel=self.channel_name,
+                        instance=message.instance,
+                        now=now,
+                        limits=limits,
+                    )
+                )
+                resumed = True
+            except EnvelopeError as error:
+                if error.code is not ErrorCode.RESUME_EXPIRED:
+                    raise
+        if changed is None:
+            changed = await self._change(
+                lambda room: rules.join(
+                    room,
+                    claim,
+                    channel=self.channel_name,
+                    instance=message.instance,
+                    now=now,
+                    limits=limits,
+                ),
+                refresh=True,
+            )
+        self.pid = changed.pid
+        self.room = changed.room
+        self.sent_version = changed.room.version
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        from signaling.turn import ice_servers
+
+        return p.Joined(
+            you=self.pid,
+            rejoin_token=make_rejoin_token(self.code, self.pid, claim.principal),
+            resumed=resumed,
+            ice_servers=ice_servers(claim.principal),
+            room=self._view(),
+        )
+
+    async def sync(self, message: p.Sync) -> p.RoomView:
+        self._me()
+        self.room = (await services.find_meeting(self.code)).room()
+        self.sent_version = self.room.version
+        return p.RoomView(room=self._view())
+
+    async def leave(self, message: p.Leave) -> p.Ok:
+        return await self._act(Action.LEAVE)
+
+    # --- Participant controls ---------------------------------------------------
+
+    async def media(self, message: p.Media) -> p.Ok:
+        self._me()
+        pid = self.pid
+        wanted = [
+            (action, value)
+            for action, value in (
+                (Action.AUDIO, message.audio),
+                (Action.VIDEO, message.video),
+                (Action.SCREEN, message.screen),
+            )
+            if value is not None
+        ]
+
+        def change(room: Room) -> rules.Outcome:
+            outcome = rules.Outcome(room)
+            for action, value in wanted:
+                step = rules.act(
+                    outcome.room,
+                    pid,
+                    action,
+                    now=self._now(),
+                    limits=self.limits_rules,
+                    value=value,
+                )
+                outcome = rules.Outcome(step.room, outcome.events + step.events)
+            return outcome
+
+        await self._change(change)
+        return p.Ok()
+
+    async def hand(self, message: p.Hand) -> p.Ok:
+        return await self._act(Action.HAND, value=message.raised)
+
+    async def signal(self, message: p.Signal) -> p.Ok | None:
+        me = self._me()
+        self._allowed(me, Action.SIGNAL)
+        if (message.description is None) == (message.candidate is None):
+            raise refusal("one_payload", ErrorCode.BAD_MESSAGE)
+        try:
+            if message.description is not None:
+                sdp.check_description(
+                    message.description.type,
+                    message.description.sdp,
+                    max_bytes=settings.MEETINGS["MAX_SDP_BYTES"],
+                )
+            else:
+                c = message.candidate
+                sdp.check_candidate(c.candidate, c.sdpMid, c.sdpMLineIndex)
+        except sdp.BadInput as bad:
+            code = ErrorCode.BAD_SDP if message.description is not None else ErrorCode.BAD_CANDIDATE
+            raise refusal(bad.reason, code, limit=settings.MEETINGS["MAX_SDP_BYTES"]) from None
+        target = self.room.participants.get(message.to)
+        if target is None or target.channel is None:
+            # Our copy of the room may be a moment old: read it once more.
+            self.room = (await services.find_meeting(self.code)).room()
+            target = self.room.participants.get(message.to)
+        if (
+            target is None
+            or target.pid == self.pid
+            or target.status is not Status.ADMITTED
+            or target.channel is None
+        ):
+            raise refusal("peer_unavailable", ErrorCode.NOT_FOUND)
+        if me.role is Role.VIEWER and target.role is Role.VIEWER:
+            raise refusal("not_allowed")
+        await self.channel_layer.send(
+            target.channel,
+            {
+                "type": "meet.signal",
+                "from": self.pid,
+                "to": target.pid,
+                "description": msgspec.to_builtins(message.description),
+                "candidate": msgspec.to_builtins(message.candidate),
+            },
+        )
+        return p.Ok() if message.id else None
+
+    def _allowed(self, me: rules.Participant, action: Action) -> None:
+        if self.room.ended:
+            raise refusal("meeting_ended", ErrorCode.GONE)
+        if me.status is not Status.ADMITTED:
+            raise refusal("not_admitted")
+        if not rules.may(self.room.kind, me.role, action):
+            raise refusal("not_allowed")
+
+    # --- Chat -------------------------------------------------------------------
+
+    def _moderates(self, me: rules.Participant) -> bool:
+        return me.role in (Role.HOST, Role.MODERATOR)
+
+    async def chat(self, message: p.Chat) -> p.Ok:
+        me = self._me()
+        self._allowed(me, Action.CHAT)
+        text = _CONTROL.sub("", message.text).strip()
+        limit = settings.MEETINGS["MAX_CHAT_CHARS"]
+        if not text:
+            raise refusal("chat_empty", ErrorCode.BAD_MESSAGE)
+        if len(text) > limit:
+            raise refusal("chat_too_long", ErrorCode.BAD_MESSAGE, limit=limit)
+        if not self.chat_bucket.take():
+            raise refusal("chat_flood", ErrorCode.RATE_LIMITED)
+        pending = self.room.kind in rules.FLOOR_KINDS and not self._moderates(me)
+        saved = await services.save_chat(self.code, me.pid, me.name, me.role.value, text, pending)
+        await self.channel_layer.group_send(self.group, {"type": "meet.chat", "message": saved})
+        return p.Ok()
+
+    async def history(self, message: p.History) -> p.HistoryOut:
+        me = self._me()
+        self._allowed(me, Action.CHAT if me.role is not Role.VIEWER else Action.SIGNAL)
+        rows = await services.chat_history(self.code, me.pid, self._moderates(me))
+        return p.HistoryOut(messages=rows)
+
+    async def approve(self, message: p.Approve) -> p.Ok:
+        me = self._me()
+        self._allowed(me, Action.APPROVE)
+        saved = await services.moderate_chat(self.code, message.message, message.publish)
+        if saved is None:
+            raise refusal("no_such_question", ErrorCode.NOT_FOUND)
+        await self.channel_layer.group_send(self.group, {"type": "meet.chat", "message": saved})
+        return p.Ok()
+
+    # --- From the channel layer ---------------------------------------------------
+
+    async def meet_room(self, event) -> None:
+        if self.pid is None:
+            return
+        room = msgspec.convert(event["state"], Room)
+        if self.room is not None and room.version < self.room.version:
+            return  # an older change overtaken by a newer one
+        self.room = room
+        for e in event["events"]:
+            if e["to"] == self.pid and e["kind"] != "left":
+                actor = room.participants.get(e["actor"] or "")
+                await self.send_message(
+                    p.Notice(event=e["kind"], by=actor.name if actor else None, detail=e["detail"])
+                )
+        if room.ended:
+            await self._finish(p.Ended(message=self._text("meeting_ended")), CloseCode.NORMAL)
+            return
+        me = room.participants.get(self.pid)
+        if me is None or me.channel != self.channel_name:
+            reason = "replaced" if me is not None else "timed_out"
+            for e in event["events"]:
+                if e["kind"] == "left" and e["pid"] == self.pid:
+                    reason = e["detail"].get("reason", reason)
+            await self._finish(
+                p.Left(reason=reason, message=self._text(reason)),
+                CLOSE_FOR.get(reason, CloseCode.NORMAL),
+            )
+            return
+        if room.version > self.sent_version:
+            self.sent_version = room.version
+            await self.send_message(p.RoomView(room=self._view()))
+
+    async def _finish(self, message, close_code: CloseCode) -> None:
+        self.pid = None  # out of the meeting: disconnect() changes nothing more
+        await self.channel_layer.group_discard(self.group, self.channel_name)
+        await self.send_message(message)
+        self.close_after_sending(close_code)
+
+    def _text(self, reason: str) -> str:
+        with translation.override(self.session.language if self.session else None):
+            return str(REASONS.get(reason, reason))
+
+    async def meet_signal(self, event) -> None:
+        if self.pid is None or event["to"] != self.pid:
+            return
+        await self.send_message(
+            p.SignalFrom(
+                from_=event["from"],
+                polite=rules.polite(self.pid, event["from"]),
+                description=msgspec.convert(event["description"], p.Description | None),
+                candidate=msgspec.convert(event["candidate"], p.Candidate | None),
+            )
+        )
+
+    async def meet_chat(self, event) -> None:
+        if self.pid is None or self.room is None:
+            return
+        me = self.room.participants.get(self.pid)
+        if me is None or me.status is not Status.ADMITTED:
+            return
+        message = event["message"]
+        if message["status"] == "published" or self._moderates(me) or message["pid"] == me.pid:
+            await self.send_message(p.ChatOut(message=message))
