@@ -9,5 +9,6 @@ urlpatterns = [
     path("metrics", ops.metrics, name="metrics"),
     path("i18n/", include("django.conf.urls.i18n")),
     path("admin/", admin.site.urls),
+    path("", include("signaling.urls")),
     path("", views.landing, name="landing"),
 ]

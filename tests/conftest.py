@@ -199,6 +199,25 @@ def hub_processes(redis_url, key_prefix):
 
 ORIGIN = "http://127.0.0.1"
 
+# A camera and a microphone that Chromium makes up (a test pattern and a beep),
+# allowed without asking; media plays without a click.
+FAKE_MEDIA_ARGS = (
+    "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+)
+
+
+def url_of_test_database() -> str:
+    """The URL of pytest-django's test database (inside a ``django_db`` test), for
+    processes the test starts: with ``transaction=True`` they see its rows."""
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    assert db["ENGINE"].endswith("postgresql"), db["ENGINE"]
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db.get("PASSWORD") else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
 
 # --- Headless Chromium (Debian's package, driven by Playwright) ---------------
 
@@ -215,7 +234,7 @@ CHROMIUM_ARGS = [
 
 
 @contextlib.asynccontextmanager
-async def headless_chromium():
+async def headless_chromium(extra_args: tuple[str, ...] = ()):
     """Debian's Chromium driven by Playwright. A missing piece fails the test
     (inside the test, so it reports FAILED with the reason, never a skip)."""
     if not os.access(CHROMIUM, os.X_OK):
@@ -229,7 +248,7 @@ async def headless_chromium():
         pytest.fail("Playwright for Python is missing: make install (no browser download).")
     async with async_playwright() as playwright:
         browser = await playwright.chromium.launch(
-            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+            executable_path=CHROMIUM, headless=True, args=[*CHROMIUM_ARGS, *extra_args]
         )
         try:
             yield browser

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 
-from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async as sync_to_async
 from channels.testing import WebsocketCommunicator
 
 from hub.asgi import application
@@ -93,21 +93,41 @@ class Socket:
     async def nothing(self, timeout: float = 0.3) -> bool:
         return await self.c.receive_nothing(timeout)
 
+    async def drain(self, quiet: float = 0.2) -> list[dict]:
+        """Every frame that arrives until ``quiet`` seconds pass without one.
+        (A timeout in receive_output would cancel the application.)"""
+        frames = []
+        while not await self.c.receive_nothing(quiet):
+            frames.append(await self.recv())
+        return frames
+
     async def disconnect(self) -> None:
         await self.c.disconnect(timeout=TIMEOUT)
 
 
-class Closed(Exception):  # noqa: N818
+class Closed(Exception):
     def __init__(self, code: int):
         super().__init__(code)
         self.code = code
 
 
-async def open_socket(code: str, *, cookie=None, guest: str | None = None, ip: str | None = None,
-                      app=application) -> Socket:
+async def open_socket(
+    code: str,
+    *,
+    cookie=None,
+    guest: str | None = None,
+    ip: str | None = None,
+    app=application,
+    guest_id: str | None = None,
+    token: str | None = None,
+) -> Socket:
+    """A socket that got its ``welcome``. ``guest`` names a guest (with
+    ``guest_id`` to be the same guest again); ``token`` is a guest token as is."""
     path = f"/ws/meet/{code}/"
     if guest is not None:
-        path += f"?guest={issue_guest_token(guest, f'meet:{code}')}"
+        token = issue_guest_token(guest, f"meet:{code}", guest_id=guest_id)
+    if token is not None:
+        path += f"?guest={token}"
     headers = [ORIGIN] + ([cookie] if cookie else [])
     communicator = WebsocketCommunicator(app, path, headers=headers)
     communicator.scope["client"] = (
@@ -135,3 +155,47 @@ create_meeting = sync_to_async(
         "signaling.services", fromlist=["create_meeting"]
     ).create_meeting(kind, title, owner=owner)
 )
+
+
+# --- Added for the consumer tests ----------------------------------------------
+
+SDP = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+CANDIDATE = {
+    "candidate": "candidate:842163049 1 udp 1677729535 192.0.2.7 46154 typ srflx "
+    "raddr 0.0.0.0 rport 0 generation 0",
+    "sdpMid": "0",
+    "sdpMLineIndex": 0,
+}
+
+
+def _room_of(code: str):
+    from signaling.models import Meeting
+
+    return Meeting.objects.get(code=code).room()
+
+
+def _log_of(code: str) -> list[tuple[str, str, dict]]:
+    from signaling.models import MeetingEvent
+
+    return [
+        (e.kind, e.name, e.detail)
+        for e in MeetingEvent.objects.filter(meeting__code=code).order_by("id")
+    ]
+
+
+def _chat_of(code: str) -> list[dict]:
+    from signaling.models import ChatMessage
+
+    return [m.as_dict() for m in ChatMessage.objects.filter(meeting__code=code).order_by("id")]
+
+
+room_of = sync_to_async(_room_of)  # the stored signaling.rules.Room
+log_of = sync_to_async(_log_of)  # the meeting log: (kind, name, detail)
+chat_of = sync_to_async(_chat_of)  # the stored chat messages
+
+
+async def error_of(socket: Socket, message: dict) -> dict:
+    """Send a request that must be refused; its ``error`` frame."""
+    reply = await socket.request(message)
+    assert reply["type"] == "error", reply
+    return reply

@@ -1,0 +1,860 @@
+// The meeting page: pre-join preview, the virtual queue, the call (a mesh of
+// PeerLinks), chat, the participants and queue panels, moderator controls.
+// Plain ES module, no build step. The server's protocol: signaling/protocol.py.
+//
+// Everything the user reads comes from the page (translated by Django) and
+// every name or message another person typed is put in with textContent:
+// nothing received is ever parsed as HTML.
+
+import { HubSocket } from "/static/hub/js/realtime.js";
+import { PeerLink } from "./peer.js";
+
+const config = JSON.parse(document.getElementById("meet-config").textContent);
+const text = JSON.parse(document.getElementById("meet-text").textContent);
+const $ = (id) => document.getElementById(id);
+const root = document.querySelector(".meet");
+
+function fmt(template, params = {}) {
+  return String(template).replace(/%\((\w+)\)s/g, (_, key) => String(params[key] ?? ""));
+}
+
+function announce(message) {
+  const status = $("meet-status");
+  status.textContent = "";
+  // A fresh text node each time, so that screen readers read a repeated message too.
+  window.setTimeout(() => (status.textContent = message), 50);
+}
+
+function el(tag, attributes = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attributes)) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else node.setAttribute(key, value === true ? "" : value);
+  }
+  for (const child of children) if (child) node.append(child);
+  return node;
+}
+
+// --- State --------------------------------------------------------------------
+
+const REJOIN_KEY = `meet:${config.code}:rejoin`;
+const meeting = {
+  hub: null,
+  you: null,
+  room: null,
+  status: null,
+  iceServers: [],
+  links: new Map(), // pid -> {link, instance, tile}
+  instance: crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2),
+  stream: new MediaStream(),
+  micTrack: null,
+  cameraTrack: null,
+  screenTrack: null,
+  wantAudio: true,
+  wantVideo: true,
+  joinedOnce: false,
+  over: false,
+  knownQueue: new Set(),
+  chatIds: new Set(),
+};
+window.egminaMeeting = meeting; // for the browser tests and the curious
+
+function show(view) {
+  for (const id of ["prejoin-view", "queue-view", "meeting-view", "ended-view"]) {
+    const section = $(id);
+    if (section) section.hidden = id !== view;
+  }
+  root.dataset.state = view.replace("-view", "");
+}
+
+// --- Devices ------------------------------------------------------------------
+
+async function startDevices({ audioId, videoId } = {}) {
+  const note = $("preview-note");
+  note.hidden = true;
+  const wanted = {
+    audio: audioId ? { deviceId: { exact: audioId } } : true,
+    // Modest by default: a phone on a rural link sends 640×360 well.
+    video: {
+      width: { ideal: 640 },
+      height: { ideal: 360 },
+      frameRate: { ideal: 24, max: 30 },
+      ...(videoId ? { deviceId: { exact: videoId } } : {}),
+    },
+  };
+  let stream = null;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia(wanted);
+  } catch (error) {
+    // Try the microphone alone, then nothing: one can still listen and write.
+    try {
+      stream = await navigator.mediaDevices.getUserMedia({ audio: wanted.audio });
+    } catch {
+      stream = null;
+    }
+    note.textContent = error.name === "NotAllowedError" ? text.blocked_devices : text.no_devices;
+    note.hidden = false;
+  }
+  for (const track of meeting.stream.getTracks()) {
+    if (track !== meeting.screenTrack) track.stop();
+    meeting.stream.removeTrack(track);
+  }
+  meeting.micTrack = stream?.getAudioTracks()[0] || null;
+  meeting.cameraTrack = stream?.getVideoTracks()[0] || null;
+  if (meeting.micTrack) meeting.stream.addTrack(meeting.micTrack);
+  if (meeting.cameraTrack) meeting.stream.addTrack(meeting.cameraTrack);
+  applyWanted();
+  $("preview").srcObject = meeting.stream;
+  await listDevices();
+  for (const { link } of meeting.links.values()) attachLocal(link);
+}
+
+async function listDevices() {
+  let devices = [];
+  try {
+    devices = await navigator.mediaDevices.enumerateDevices();
+  } catch {
+    return;
+  }
+  const fill = (select, kind, current) => {
+    const chosen = select.value || current;
+    select.replaceChildren();
+    const matching = devices.filter((d) => d.kind === kind);
+    if (!matching.length) select.append(el("option", { value: "", text: text.default_device }));
+    matching.forEach((device, index) => {
+      select.append(
+        el("option", {
+          value: device.deviceId,
+          text: device.label || `${text.default_device} ${index + 1}`,
+          selected: device.deviceId === chosen,
+        }),
+      );
+    });
+  };
+  fill($("camera-select"), "videoinput", meeting.cameraTrack?.getSettings().deviceId);
+  fill($("microphone-select"), "audioinput", meeting.micTrack?.getSettings().deviceId);
+}
+
+function applyWanted() {
+  if (meeting.micTrack) meeting.micTrack.enabled = meeting.wantAudio;
+  if (meeting.cameraTrack) meeting.cameraTrack.enabled = meeting.wantVideo;
+}
+
+function videoTrack() {
+  return meeting.screenTrack || (meeting.wantVideo ? meeting.cameraTrack : null);
+}
+
+function attachLocal(link) {
+  if (!mayPublish()) {
+    link.setTrack("audio", null, meeting.stream);
+    link.setTrack("video", null, meeting.stream);
+    return;
+  }
+  link.setTrack("audio", meeting.micTrack, meeting.stream);
+  link.setTrack("video", videoTrack(), meeting.stream);
+}
+
+function mayPublish() {
+  const me = myself();
+  if (!me || meeting.status !== "admitted") return false;
+  const actions = meeting.room?.actions || [];
+  if (!actions.includes("audio")) return false;
+  return !(config.kind === "public" && ["participant", "guest"].includes(me.role) && !me.floor);
+}
+
+// --- The socket ---------------------------------------------------------------------
+
+async function guestToken() {
+  if (config.signedIn) return null;
+  const input = $("guest-name");
+  const name = input.value.trim();
+  if (!name) {
+    $("guest-name-error").hidden = false;
+    input.setAttribute("aria-invalid", "true");
+    input.focus();
+    throw new Error("name");
+  }
+  $("guest-name-error").hidden = true;
+  input.removeAttribute("aria-invalid");
+  const body = new URLSearchParams({ name });
+  const response = await fetch(config.ticket, {
+    method: "POST",
+    body,
+    headers: { "X-CSRFToken": csrfToken() },
+    credentials: "same-origin",
+  });
+  const reply = await response.json();
+  if (!response.ok) throw new Error(reply.error || response.statusText);
+  return reply.guest;
+}
+
+function csrfToken() {
+  const field = document.querySelector("input[name=csrfmiddlewaretoken]");
+  if (field) return field.value;
+  const match = document.cookie.match(/(?:^|; )csrftoken=([^;]+)/);
+  return match ? decodeURIComponent(match[1]) : "";
+}
+
+async function join(event) {
+  event.preventDefault();
+  const button = $("join-button");
+  const error = $("join-error");
+  error.hidden = true;
+  button.disabled = true;
+  let guest;
+  try {
+    guest = await guestToken();
+  } catch (failure) {
+    button.disabled = false;
+    if (failure.message !== "name") {
+      error.textContent = fmt(text.error, { message: failure.message });
+      error.hidden = false;
+    }
+    return;
+  }
+  meeting.wantAudio = $("prejoin-microphone").checked;
+  meeting.wantVideo = $("prejoin-camera").checked;
+  applyWanted();
+  const url = config.socket + (guest ? `?guest=${encodeURIComponent(guest)}` : "");
+  meeting.hub = new HubSocket(url, {
+    onState: onSocketState,
+    onMessage: onServerMessage,
+    onError: (failure) => console.warn("meeting socket", failure),
+  });
+}
+
+async function onSocketState(state, detail) {
+  if (state === "open") {
+    try {
+      await sendJoin();
+    } catch (failure) {
+      if (meeting.over) return;
+      finish(failure.message);
+    }
+  } else if (state === "reconnecting" && meeting.joinedOnce && !meeting.over) {
+    setQuality("offline");
+    announce(text.reconnecting);
+  } else if (state === "closed" && !meeting.over) {
+    finish(detail?.reason || text.reconnecting);
+  }
+}
+
+async function sendJoin() {
+  const rejoin = sessionStorage.getItem(REJOIN_KEY);
+  const reply = await meeting.hub.request({
+    type: "join",
+    instance: meeting.instance,
+    ...(rejoin ? { rejoin } : {}),
+  });
+  sessionStorage.setItem(REJOIN_KEY, reply.rejoin_token);
+  meeting.you = reply.you;
+  meeting.iceServers = reply.ice_servers;
+  if (meeting.joinedOnce) {
+    announce(text.reconnected);
+    setQuality("good");
+  }
+  meeting.joinedOnce = true;
+  applyRoom(reply.room);
+  if (reply.resumed) {
+    // Our socket came back; our peer connections may have lost their path too.
+    for (const { link } of meeting.links.values()) {
+      const s = link.pc.connectionState;
+      if (s !== "connected" && s !== "connecting") link.restartIce();
+    }
+  }
+  sendMedia();
+}
+
+function request(message) {
+  return meeting.hub.request(message).catch((failure) => {
+    announce(fmt(text.error, { message: failure.message }));
+    throw failure;
+  });
+}
+
+function onServerMessage(message) {
+  switch (message.type) {
+    case "room":
+      applyRoom(message.room);
+      break;
+    case "signal":
+      onSignal(message);
+      break;
+    case "notice":
+      onNotice(message);
+      break;
+    case "chat":
+      addChat(message.message);
+      break;
+    case "left":
+      finish(message.message);
+      break;
+    case "ended":
+      finish(message.message);
+      break;
+    default:
+      break;
+  }
+}
+
+function finish(message) {
+  if (meeting.over) return;
+  meeting.over = true;
+  sessionStorage.removeItem(REJOIN_KEY);
+  meeting.hub?.close();
+  for (const { link } of meeting.links.values()) link.close();
+  meeting.links.clear();
+  for (const track of meeting.stream.getTracks()) track.stop();
+  meeting.screenTrack?.stop();
+  $("ended-message").textContent = message || "";
+  show("ended-view");
+  $("ended-heading").focus?.();
+  announce(message || "");
+}
+
+function onNotice({ event, detail }) {
+  if (event === "admitted") announce(text.admitted);
+  else if (event === "sent_back") announce(text.sent_back);
+  else if (event === "host") announce(text.host);
+  else if (event === "floor_given") announce(text.floor_given);
+  else if (event === "floor_taken") {
+    announce(text.floor_taken);
+    stopScreen(false);
+  } else if (event === "muted") {
+    if (detail.audio) {
+      meeting.wantAudio = false;
+      announce(text.muted_audio);
+    }
+    if (detail.video) {
+      meeting.wantVideo = false;
+      stopScreen(false);
+      announce(text.muted_video);
+    }
+    applyWanted();
+    for (const { link } of meeting.links.values()) attachLocal(link);
+    renderControls();
+  }
+}
+
+// --- The room ----------------------------------------------------------------------
+
+function myself() {
+  return meeting.room?.participants?.find((p) => p.pid === meeting.you) || null;
+}
+
+function applyRoom(room) {
+  if (meeting.room && room.version < meeting.room.version) return;
+  const before = meeting.status;
+  meeting.room = room;
+  meeting.status = room.status;
+  if (room.status === "queued") {
+    show("queue-view");
+    renderQueueTicket(room.queue);
+    if (before !== "queued") announce(fmt(text.queued, { position: room.queue.position }));
+    closeAllLinks();
+    return;
+  }
+  show("meeting-view");
+  if (before !== "admitted") {
+    meeting.chatIds.clear();
+    $("chat-log").replaceChildren();
+    request({ type: "history" }).then((reply) => reply.messages.forEach(addChat), () => {});
+  }
+  syncLinks(room.participants);
+  renderPeople(room);
+  renderHostQueue(room);
+  renderControls();
+}
+
+function renderQueueTicket(queue) {
+  $("queue-ticket").textContent = String(queue.ticket);
+  $("queue-position").textContent = String(queue.position);
+  const minutes = Math.ceil(queue.estimate / 60);
+  $("queue-estimate").textContent = minutes > 0 ? fmt(text.minutes, { n: minutes }) : text.now;
+  document.title = `(${queue.position}) ${config.title}`;
+}
+
+function syncLinks(participants) {
+  const present = new Map(participants.map((p) => [p.pid, p]));
+  for (const [pid, entry] of meeting.links) {
+    const other = present.get(pid);
+    if (!other || other.instance !== entry.instance) {
+      // Gone, or their page was reloaded: that connection is dead.
+      entry.link.close();
+      entry.tile?.remove();
+      meeting.links.delete(pid);
+    }
+  }
+  for (const other of participants) {
+    if (other.pid === meeting.you || meeting.links.has(other.pid)) continue;
+    if (meeting.room.role === "viewer" && other.role === "viewer") continue;
+    openLink(other);
+  }
+  for (const { link } of meeting.links.values()) attachLocal(link);
+  renderTiles(participants);
+}
+
+function openLink(other) {
+  const link = new PeerLink({
+    pid: other.pid,
+    polite: other.polite,
+    iceServers: meeting.iceServers,
+    send: (payload) => {
+      meeting.hub.request({ type: "signal", to: other.pid, ...payload }).catch((failure) => {
+        console.warn("signal not relayed", failure.code, failure.message);
+      });
+    },
+    onStream: (stream) => {
+      const entry = meeting.links.get(other.pid);
+      const video = entry?.tile?.querySelector("video");
+      if (video && video.srcObject !== stream) video.srcObject = stream;
+      video?.play().catch(() => offerPlayButton(video));
+    },
+    onState: (state) => {
+      const entry = meeting.links.get(other.pid);
+      entry?.tile?.classList.toggle("tile--lost", state === "failed" || state === "disconnected");
+    },
+  });
+  meeting.links.set(other.pid, { link, instance: other.instance, tile: null });
+  return link;
+}
+
+function onSignal(message) {
+  let entry = meeting.links.get(message.from);
+  if (!entry) {
+    // They heard of us first; the room update naming them is on its way.
+    const other = { pid: message.from, polite: message.polite, instance: null };
+    openLink(other);
+    entry = meeting.links.get(message.from);
+    attachLocal(entry.link);
+  }
+  entry.link.receive(message);
+}
+
+function closeAllLinks() {
+  for (const { link, tile } of meeting.links.values()) {
+    link.close();
+    tile?.remove();
+  }
+  meeting.links.clear();
+  $("videos").replaceChildren();
+}
+
+function offerPlayButton(video) {
+  const tile = video.closest(".tile");
+  if (!tile || tile.querySelector(".tile__play")) return;
+  const button = el("button", {
+    type: "button",
+    class: "button tile__play",
+    text: text.play,
+    onclick: () => {
+      video.play().then(() => button.remove(), () => {});
+    },
+  });
+  tile.append(button);
+}
+
+function roleLabel(role) {
+  return text[`${role}_role`] || role;
+}
+
+function renderTiles(participants) {
+  const grid = $("videos");
+  let own = grid.querySelector('[data-pid="self"]');
+  if (!own) {
+    own = tile("self", true);
+    own.querySelector("video").srcObject = meeting.stream;
+    grid.prepend(own);
+  }
+  const me = myself();
+  own.querySelector(".tile__name").textContent = `${me?.name || ""} (${text.you})`;
+  for (const other of participants) {
+    if (other.pid === meeting.you) continue;
+    const entry = meeting.links.get(other.pid);
+    if (!entry) continue;
+    if (!entry.tile) {
+      entry.tile = tile(other.pid, false);
+      grid.append(entry.tile);
+      if (entry.link.stream.getTracks().length) {
+        const video = entry.tile.querySelector("video");
+        video.srcObject = entry.link.stream;
+        video.play().catch(() => offerPlayButton(video));
+      }
+    }
+    entry.tile.querySelector(".tile__name").textContent = other.name;
+    entry.tile.querySelector(".tile__state").textContent = [
+      other.role !== "participant" ? roleLabel(other.role) : "",
+      other.hand ? "✋" : "",
+      other.audio ? "" : "🔇",
+      other.connected ? "" : text.away,
+    ]
+      .filter(Boolean)
+      .join(" · ");
+    entry.tile.classList.toggle("tile--camera-off", !other.video && !other.screen);
+  }
+  grid.dataset.count = String(grid.children.length);
+}
+
+function tile(pid, self) {
+  return el(
+    "li",
+    { class: "tile", "data-pid": pid },
+    el("video", {
+      class: `tile__video${self ? " tile__video--mirror" : ""}`,
+      autoplay: true,
+      playsinline: true,
+      muted: self,
+    }),
+    el("p", { class: "tile__label" }, el("span", { class: "tile__name" }), el("span", { class: "tile__state" })),
+  );
+}
+
+function personActions(person, room) {
+  const actions = room.actions || [];
+  const me = myself();
+  if (person.pid === meeting.you || !me) return null;
+  const box = el("span", { class: "people__actions" });
+  const add = (label, message) =>
+    box.append(
+      el("button", {
+        type: "button",
+        class: "button button--small",
+        text: label,
+        "aria-label": `${label}: ${person.name}`,
+        onclick: () => request(message).catch(() => {}),
+      }),
+    );
+  const moderator = ["host", "moderator"].includes(me.role);
+  if (!moderator || (person.role === "host" && me.role !== "host")) return null;
+  if (actions.includes("mute") && person.audio) add(text.mute_audio, { type: "mute", who: person.pid, audio: true });
+  if (actions.includes("mute") && (person.video || person.screen)) add(text.mute_video, { type: "mute", who: person.pid, video: true });
+  if (actions.includes("floor") && ["participant", "guest"].includes(person.role)) {
+    add(person.floor ? text.take_floor : text.give_floor, { type: "floor", who: person.pid, give: !person.floor });
+  }
+  if (actions.includes("send_back") && ["participant", "guest"].includes(person.role)) {
+    add(text.send_back, { type: "send_back", who: person.pid });
+  }
+  if (actions.includes("hand_over") && (person.role === "moderator" || (config.kind === "briefing" && person.role === "participant"))) {
+    add(text.hand_over, { type: "hand_over", who: person.pid });
+  }
+  if (actions.includes("remove")) add(text.remove, { type: "remove", who: person.pid });
+  return box;
+}
+
+function renderPeople(room) {
+  const list = $("people-list");
+  list.replaceChildren();
+  const people = [...room.participants].sort((a, b) => (b.hand ? 1 : 0) - (a.hand ? 1 : 0) || (a.hand ?? 0) - (b.hand ?? 0));
+  for (const person of people) {
+    const bits = [roleLabel(person.role)];
+    if (person.hand) bits.push(`✋ ${text.hand_raised}`);
+    if (!person.connected) bits.push(text.away);
+    list.append(
+      el(
+        "li",
+        { class: `people__item${person.hand ? " people__item--hand" : ""}`, "data-pid": person.pid },
+        el("span", { class: "people__name", text: person.pid === meeting.you ? `${person.name} (${text.you})` : person.name }),
+        el("span", { class: "people__meta", text: bits.join(" · ") }),
+        personActions(person, room),
+      ),
+    );
+  }
+  $("people-count").textContent = String(room.participants.length);
+}
+
+function renderHostQueue(room) {
+  const panel = $("queue-panel");
+  const queue = Array.isArray(room.queue) ? room.queue : null;
+  panel.hidden = !queue;
+  if (!queue) return;
+  const list = $("queue-list");
+  list.replaceChildren();
+  const now = Date.now() / 1000;
+  const seen = new Set();
+  for (const person of queue) {
+    seen.add(person.pid);
+    if (!meeting.knownQueue.has(person.pid)) announce(fmt(text.new_in_queue, { name: person.name }));
+    const waited = Math.max(0, Math.floor((now - (person.since || now)) / 60));
+    const box = el("span", { class: "people__actions" });
+    for (const [label, type] of [[text.admit, "admit"], [text.deny, "deny"]]) {
+      box.append(
+        el("button", {
+          type: "button",
+          class: `button button--small${type === "admit" ? " button--primary" : ""}`,
+          text: label,
+          "aria-label": `${label}: ${person.name}`,
+          "data-action": type,
+          onclick: () => request({ type, who: person.pid }).catch(() => {}),
+        }),
+      );
+    }
+    list.append(
+      el(
+        "li",
+        { class: "people__item", "data-pid": person.pid },
+        el("span", { class: "people__name", text: `${person.ticket}. ${person.name}` }),
+        el("span", {
+          class: "people__meta",
+          text: [fmt(text.waiting_since, { n: waited }), person.returning ? text.returning : "", person.connected ? "" : text.away]
+            .filter(Boolean)
+            .join(" · "),
+        }),
+        box,
+      ),
+    );
+  }
+  meeting.knownQueue = seen;
+  $("queue-count").textContent = String(queue.length);
+  $("call-next").hidden = !(room.actions || []).includes("call_next");
+  $("call-next").disabled = queue.length === 0;
+  document.title = queue.length ? `(${queue.length}) ${config.title}` : config.title;
+}
+
+function renderControls() {
+  const room = meeting.room;
+  const me = myself();
+  if (!room || !me) return;
+  const actions = room.actions || [];
+  const publish = mayPublish();
+  const set = (id, pressed, visible = true, label = null) => {
+    const button = $(id);
+    button.hidden = !visible;
+    button.setAttribute("aria-pressed", String(pressed));
+    if (label) button.textContent = label;
+  };
+  set("toggle-microphone", meeting.wantAudio && publish, actions.includes("audio"));
+  set("toggle-camera", meeting.wantVideo && publish, actions.includes("video"));
+  set("toggle-screen", Boolean(meeting.screenTrack), actions.includes("screen") && Boolean(navigator.mediaDevices.getDisplayMedia),
+    meeting.screenTrack ? text.stop_screen : text.share_screen);
+  $("toggle-microphone").disabled = !publish;
+  $("toggle-camera").disabled = !publish;
+  $("toggle-screen").disabled = !publish;
+  set("toggle-hand", Boolean(me.hand), actions.includes("hand"), me.hand ? text.lower_hand : text.raise_hand);
+  set("toggle-lock", room.locked, actions.includes("lock"), room.locked ? text.unlock : text.lock);
+  $("end-button").hidden = !actions.includes("end");
+  const chat = $("chat-form");
+  chat.hidden = !actions.includes("chat");
+}
+
+function sendMedia() {
+  if (meeting.status !== "admitted" || !mayPublish()) return;
+  request({
+    type: "media",
+    audio: Boolean(meeting.wantAudio && meeting.micTrack),
+    video: Boolean(meeting.wantVideo && meeting.cameraTrack),
+    screen: Boolean(meeting.screenTrack),
+  }).catch(() => {});
+}
+
+// --- Controls --------------------------------------------------------------------
+
+async function startScreen() {
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getDisplayMedia({ video: true });
+  } catch {
+    return;
+  }
+  meeting.screenTrack = stream.getVideoTracks()[0];
+  meeting.screenTrack.onended = () => stopScreen(true);
+  for (const { link } of meeting.links.values()) attachLocal(link);
+  renderControls();
+  sendMedia();
+}
+
+function stopScreen(tell) {
+  if (!meeting.screenTrack) return;
+  meeting.screenTrack.stop();
+  meeting.screenTrack = null;
+  for (const { link } of meeting.links.values()) attachLocal(link);
+  renderControls();
+  if (tell) sendMedia();
+}
+
+const controls = {
+  microphone() {
+    meeting.wantAudio = !meeting.wantAudio;
+    applyWanted();
+    renderControls();
+    sendMedia();
+  },
+  camera() {
+    meeting.wantVideo = !meeting.wantVideo;
+    applyWanted();
+    for (const { link } of meeting.links.values()) attachLocal(link);
+    renderControls();
+    sendMedia();
+  },
+  screen() {
+    if (meeting.screenTrack) stopScreen(true);
+    else startScreen();
+  },
+  hand() {
+    request({ type: "hand", raised: !myself()?.hand }).catch(() => {});
+  },
+  lock() {
+    request({ type: "lock", locked: !meeting.room.locked }).catch(() => {});
+  },
+  call_next() {
+    request({ type: "call_next" }).catch(() => {});
+  },
+  leave() {
+    if (!meeting.hub) {
+      finish("");
+      return;
+    }
+    request({ type: "leave" }).catch(() => finish(""));
+  },
+  end() {
+    if (window.confirm(text.confirm_end)) request({ type: "end" }).catch(() => {});
+  },
+};
+
+document.addEventListener("click", (event) => {
+  const button = event.target.closest("[data-action]");
+  if (!button || !root.contains(button)) return;
+  const control = controls[button.dataset.action];
+  if (control) control();
+});
+
+// --- Chat ------------------------------------------------------------------------
+
+function addChat(message) {
+  const log = $("chat-log");
+  const existing = log.querySelector(`[data-message="${Number(message.id)}"]`);
+  const me = myself();
+  const moderator = me && ["host", "moderator"].includes(me.role);
+  if (message.status === "rejected" && message.pid !== meeting.you && !moderator) {
+    existing?.remove();
+    return;
+  }
+  const time = new Date(message.at * 1000).toLocaleTimeString(document.documentElement.lang, {
+    hour: "2-digit",
+    minute: "2-digit",
+  });
+  const item = el(
+    "li",
+    { class: `chat__item chat__item--${message.status}`, "data-message": String(Number(message.id)) },
+    el("span", { class: "chat__meta" }, el("strong", { text: message.name }), ` ${time}`),
+    el("p", { class: "chat__text", text: message.text }),
+  );
+  if (message.status === "pending") {
+    item.append(el("span", { class: "chat__pending", text: text.question_pending }));
+    if (moderator) {
+      for (const [label, publish] of [[text.publish, true], [text.reject, false]]) {
+        item.append(
+          el("button", {
+            type: "button",
+            class: "button button--small",
+            text: label,
+            onclick: () => request({ type: "approve", message: message.id, publish }).catch(() => {}),
+          }),
+        );
+      }
+    }
+  }
+  if (existing) existing.replaceWith(item);
+  else log.append(item);
+  log.scrollTop = log.scrollHeight;
+  if (!existing && message.pid !== meeting.you && !meeting.chatIds.has(message.id)) {
+    announce(fmt(text.new_message, { name: message.name }));
+  }
+  meeting.chatIds.add(message.id);
+}
+
+$("chat-form")?.addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = $("chat-input");
+  const value = input.value.trim();
+  if (!value) return;
+  request({ type: "chat", text: value }).then(() => (input.value = ""), () => {});
+});
+
+$("chat-input")?.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey) {
+    event.preventDefault();
+    $("chat-form").requestSubmit();
+  }
+});
+
+// --- Connection quality ----------------------------------------------------------
+
+const QUALITY = { good: 0, fair: 1, poor: 2, offline: 3 };
+
+function setQuality(level) {
+  const box = $("quality");
+  if (!box || box.dataset.level === level) return;
+  box.dataset.level = level;
+  $("quality-text").textContent = text[level];
+  if (level === "poor") announce(text.poor);
+}
+
+const lastStats = new Map();
+
+async function measure() {
+  if (meeting.status !== "admitted" || meeting.over) return;
+  let worst = "good";
+  let loudest = null;
+  let loudestLevel = 0.02;
+  for (const [pid, { link }] of meeting.links) {
+    const report = await link.stats();
+    if (!report) continue;
+    let rtt = null;
+    let lost = 0;
+    let received = 0;
+    report.forEach((stat) => {
+      if (stat.type === "candidate-pair" && stat.nominated && stat.currentRoundTripTime != null) {
+        rtt = stat.currentRoundTripTime;
+      }
+      if (stat.type === "inbound-rtp") {
+        lost += stat.packetsLost || 0;
+        received += stat.packetsReceived || 0;
+        if (stat.kind === "audio" && (stat.audioLevel || 0) > loudestLevel) {
+          loudestLevel = stat.audioLevel;
+          loudest = pid;
+        }
+      }
+    });
+    const previous = lastStats.get(pid) || { lost: 0, received: 0 };
+    lastStats.set(pid, { lost, received });
+    const dLost = Math.max(0, lost - previous.lost);
+    const dReceived = Math.max(0, received - previous.received);
+    const loss = dLost + dReceived > 0 ? dLost / (dLost + dReceived) : 0;
+    let level = "good";
+    if (loss > 0.08 || (rtt !== null && rtt > 0.6)) level = "poor";
+    else if (loss > 0.02 || (rtt !== null && rtt > 0.3)) level = "fair";
+    if (QUALITY[level] > QUALITY[worst]) worst = level;
+  }
+  if ($("quality").dataset.level !== "offline" || meeting.hub?.state === "open") setQuality(worst);
+  for (const [pid, { tile }] of meeting.links) tile?.classList.toggle("tile--speaking", pid === loudest);
+}
+
+window.setInterval(() => measure().catch(() => {}), 2000);
+
+// --- Start -----------------------------------------------------------------------
+
+if ($("prejoin-form")) {
+  $("prejoin-form").addEventListener("submit", join);
+  $("prejoin-camera").addEventListener("change", (event) => {
+    meeting.wantVideo = event.target.checked;
+    applyWanted();
+  });
+  $("prejoin-microphone").addEventListener("change", (event) => {
+    meeting.wantAudio = event.target.checked;
+    applyWanted();
+  });
+  for (const id of ["camera-select", "microphone-select"]) {
+    $(id).addEventListener("change", () =>
+      startDevices({ audioId: $("microphone-select").value, videoId: $("camera-select").value }),
+    );
+  }
+  navigator.mediaDevices?.addEventListener?.("devicechange", () => listDevices());
+  if (navigator.mediaDevices?.getUserMedia) startDevices();
+  else {
+    $("preview-note").textContent = text.no_devices;
+    $("preview-note").hidden = false;
+  }
+}

@@ -1,0 +1,137 @@
+// One WebRTC link to one other participant, with "perfect negotiation"
+// (W3C WebRTC 1.0, §10.7): both sides may start a negotiation at any time
+// (adding a camera, sharing a screen, restarting ICE); when two offers cross,
+// the polite side rolls its own back and answers, the impolite side ignores
+// the other's offer. The hub tells each side which one it is (`polite`), so
+// there are no glare failures.
+
+export class PeerLink {
+  /**
+   * @param {object} options
+   *   pid         the other participant
+   *   polite      from the hub: exactly one side of each pair is polite
+   *   iceServers  STUN/TURN servers with time-limited credentials
+   *   send(msg)   sends {description} or {candidate} to the other side
+   *   onStream(stream)  the other side's media stream (once it has tracks)
+   *   onState(state)    the connection's state ("connected", "failed"...)
+   */
+  constructor({ pid, polite, iceServers, send, onStream, onState }) {
+    this.pid = pid;
+    this.polite = polite;
+    this.send = send;
+    this.onStream = onStream || (() => {});
+    this.onState = onState || (() => {});
+    this.pc = new RTCPeerConnection({ iceServers });
+    this.makingOffer = false;
+    this.ignoreOffer = false;
+    this.settingRemoteAnswer = false;
+    this.closed = false;
+    this._chain = Promise.resolve();
+    this.stream = new MediaStream();
+    this.senders = { audio: null, video: null };
+
+    this.pc.onnegotiationneeded = async () => {
+      try {
+        this.makingOffer = true;
+        await this.pc.setLocalDescription();
+        this.send({ description: this._plain(this.pc.localDescription) });
+      } catch (error) {
+        console.warn("negotiation failed", error);
+      } finally {
+        this.makingOffer = false;
+      }
+    };
+    this.pc.onicecandidate = ({ candidate }) => {
+      // A null candidate ends the gathering: nothing to relay.
+      if (candidate && candidate.candidate) this.send({ candidate: candidate.toJSON() });
+    };
+    this.pc.ontrack = ({ track }) => {
+      if (!this.stream.getTracks().includes(track)) this.stream.addTrack(track);
+      track.onunmute = () => this.onStream(this.stream);
+      this.onStream(this.stream);
+    };
+    this.pc.onconnectionstatechange = () => {
+      const state = this.pc.connectionState;
+      this.onState(state);
+      if (state === "failed") this.restartIce();
+    };
+  }
+
+  _plain(description) {
+    return { type: description.type, sdp: description.sdp };
+  }
+
+  /** Our microphone or camera (or screen) for this link; null stops sending. */
+  setTrack(kind, track, stream) {
+    const sender = this.senders[kind];
+    if (sender) {
+      sender.replaceTrack(track).catch((error) => console.warn("replaceTrack", error));
+      return;
+    }
+    if (!track) return;
+    // Reuse a transceiver the other side's offer created, if there is one.
+    const free = this.pc
+      .getTransceivers()
+      .find(
+        (t) =>
+          t.receiver.track.kind === kind &&
+          !t.sender.track &&
+          !Object.values(this.senders).includes(t.sender) &&
+          t.currentDirection !== "stopped",
+      );
+    if (free) {
+      free.direction = "sendrecv";
+      free.sender.replaceTrack(track);
+      this.senders[kind] = free.sender;
+      free.sender.setStreams?.(stream);
+    } else {
+      this.senders[kind] = this.pc.addTrack(track, stream);
+    }
+  }
+
+  /** A message from the other side: handled strictly in order. */
+  receive(message) {
+    this._chain = this._chain.then(() => this._handle(message)).catch((error) => {
+      console.warn("signal failed", error);
+    });
+    return this._chain;
+  }
+
+  async _handle({ description, candidate }) {
+    if (this.closed) return;
+    if (description) {
+      const readyForOffer =
+        !this.makingOffer && (this.pc.signalingState === "stable" || this.settingRemoteAnswer);
+      const collision = description.type === "offer" && !readyForOffer;
+      this.ignoreOffer = !this.polite && collision;
+      if (this.ignoreOffer) return;
+      this.settingRemoteAnswer = description.type === "answer";
+      await this.pc.setRemoteDescription(description); // rolls back our offer if needed
+      this.settingRemoteAnswer = false;
+      if (description.type === "offer") {
+        await this.pc.setLocalDescription();
+        this.send({ description: this._plain(this.pc.localDescription) });
+      }
+    } else if (candidate) {
+      try {
+        await this.pc.addIceCandidate(candidate);
+      } catch (error) {
+        if (!this.ignoreOffer) throw error;
+      }
+    }
+  }
+
+  /** New ICE (after a network change or a reconnect): renegotiates. */
+  restartIce() {
+    if (!this.closed) this.pc.restartIce();
+  }
+
+  async stats() {
+    return this.closed ? null : this.pc.getStats();
+  }
+
+  close() {
+    this.closed = true;
+    this.pc.close();
+  }
+}

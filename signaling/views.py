@@ -1,0 +1,228 @@
+"""The meeting's pages (thin): the meeting page, the guest ticket, the records.
+
+``/meet/<code>/`` is the pre-join page and the meeting itself (one page, the
+JavaScript client switches views). Opened with ``?key=<host key>`` (the host
+link) it makes this browser session the meeting's host and drops the key from
+the address. Opened with ``?name=<display name>`` (a guest invite link) it
+fills in the guest's name.
+"""
+
+from __future__ import annotations
+
+import csv
+import secrets
+
+from django.conf import settings
+from django.http import (
+    Http404,
+    HttpRequest,
+    HttpResponse,
+    HttpResponseForbidden,
+    JsonResponse,
+)
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.utils.http import urlencode
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy as _lazy
+from django.views.decorators.http import require_GET, require_POST
+
+from hub.auth import issue_guest_token
+from signaling.models import Meeting
+
+_CSV_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+# What the browser client says (signaling/static/signaling/js/meet.js), translated here.
+CLIENT_TEXT = {
+    "queued": _lazy("You are in the queue, position %(position)s."),
+    "admitted": _lazy("You are in the meeting."),
+    "sent_back": _lazy("The host moved you back to the queue."),
+    "muted_audio": _lazy("A moderator turned your microphone off."),
+    "muted_video": _lazy("A moderator turned your camera off."),
+    "host": _lazy("You are now the host."),
+    "floor_given": _lazy("You have the floor: you can turn on your microphone."),
+    "floor_taken": _lazy("The moderator took the floor back."),
+    "minutes": _lazy("about %(n)s min"),
+    "now": _lazy("any moment now"),
+    "you": _lazy("you"),
+    "host_role": _lazy("host"),
+    "moderator_role": _lazy("moderator"),
+    "guest_role": _lazy("guest"),
+    "viewer_role": _lazy("viewer"),
+    "participant_role": _lazy("participant"),
+    "admit": _lazy("Let in"),
+    "deny": _lazy("Turn away"),
+    "send_back": _lazy("Back to queue"),
+    "mute_audio": _lazy("Mute"),
+    "mute_video": _lazy("Camera off"),
+    "remove": _lazy("Remove"),
+    "hand_over": _lazy("Make host"),
+    "give_floor": _lazy("Give the floor"),
+    "take_floor": _lazy("Take the floor"),
+    "publish": _lazy("Publish"),
+    "reject": _lazy("Reject"),
+    "question_pending": _lazy("question waiting for a moderator"),
+    "hand_raised": _lazy("raised a hand"),
+    "returning": _lazy("was removed earlier"),
+    "away": _lazy("connection lost"),
+    "waiting_since": _lazy("waiting %(n)s min"),
+    "joined": _lazy("%(name)s joined."),
+    "new_in_queue": _lazy("%(name)s is waiting in the queue."),
+    "new_message": _lazy("New message from %(name)s."),
+    "reconnecting": _lazy("Connection lost. Reconnecting…"),
+    "reconnected": _lazy("Connected again."),
+    "good": _lazy("good"),
+    "fair": _lazy("fair"),
+    "poor": _lazy("poor — turn your camera off to keep the sound"),
+    "offline": _lazy("lost — reconnecting"),
+    "no_devices": _lazy(
+        "No camera or microphone is available: you can still join, listen and write."
+    ),
+    "blocked_devices": _lazy(
+        "The browser did not allow the camera or microphone. "
+        "You can join without them, or allow them in the address bar."
+    ),
+    "play": _lazy("Click to turn the sound on"),
+    "confirm_end": _lazy("End the meeting for everyone?"),
+    "raise_hand": _lazy("Raise hand"),
+    "lower_hand": _lazy("Lower hand"),
+    "lock": _lazy("Lock meeting"),
+    "unlock": _lazy("Unlock meeting"),
+    "stop_screen": _lazy("Stop sharing"),
+    "share_screen": _lazy("Share screen"),
+    "default_device": _lazy("Default"),
+    "error": _lazy("Something went wrong: %(message)s"),
+}
+
+
+def _meeting(code: str) -> Meeting:
+    meeting = Meeting.objects.filter(code=code).select_related("owner").first()
+    if meeting is None:
+        raise Http404(_("There is no meeting with this code. Check the link you were given."))
+    return meeting
+
+
+def _hosts(request: HttpRequest, meeting: Meeting) -> bool:
+    """The owner, a named moderator, an administrator, or whoever opened the host link."""
+    if meeting.code in request.session.get("meet_hosts", []):
+        return True
+    user = request.user
+    if not user.is_authenticated:
+        return False
+    return (
+        meeting.owner_id == user.pk
+        or user.is_superuser
+        or meeting.moderators.filter(pk=user.pk).exists()
+    )
+
+
+@require_GET
+def meeting_page(request: HttpRequest, code: str) -> HttpResponse:
+    meeting = _meeting(code)
+    key = request.GET.get("key")
+    if key is not None:
+        if not meeting.host_key_matches(key[:200]):
+            return HttpResponseForbidden(_("This host link is not valid."))
+        hosts = request.session.get("meet_hosts", [])
+        if meeting.code not in hosts:
+            request.session["meet_hosts"] = [*hosts, meeting.code][-50:]
+        # The key leaves the address bar (and the Referer of anything after).
+        rest = {k: v for k, v in request.GET.items() if k != "key"}
+        return redirect(request.path + (f"?{urlencode(rest)}" if rest else ""))
+    user = request.user
+    if user.is_authenticated:
+        name = user.get_full_name() or user.get_username()
+    else:
+        name = (request.GET.get("name") or request.session.get("meet_name") or "").strip()[:80]
+    context = {
+        "meeting": meeting,
+        "ended": meeting.ended_at is not None,
+        "is_host": _hosts(request, meeting),
+        "texts": CLIENT_TEXT,
+        "signed_in": user.is_authenticated,
+        "config": {
+            "code": meeting.code,
+            "kind": meeting.kind,
+            "title": meeting.title,
+            "socket": f"/ws/meet/{meeting.code}/",
+            "ticket": f"/meet/{meeting.code}/ticket",
+            "signedIn": user.is_authenticated,
+            "name": name,
+            "maxChat": settings.MEETINGS["MAX_CHAT_CHARS"],
+        },
+    }
+    status = 410 if meeting.ended_at is not None else 200
+    return render(request, "signaling/meeting.html", context, status=status)
+
+
+@require_POST
+def ticket(request: HttpRequest, code: str) -> JsonResponse:
+    """What the page needs to open the meeting's socket: for a guest, a signed
+    token naming them and this meeting (kept in their session, so a reload
+    or a reconnect is the same guest)."""
+    meeting = _meeting(code)
+    if meeting.ended_at is not None:
+        return JsonResponse({"error": _("The meeting has ended.")}, status=410)
+    if request.user.is_authenticated:
+        return JsonResponse({"guest": None})
+    name = " ".join((request.POST.get("name") or "").split())[:80]
+    if not name:
+        return JsonResponse({"error": _("Enter your name.")}, status=400)
+    guest_id = request.session.get("meet_guest_id")
+    if not guest_id:
+        guest_id = request.session["meet_guest_id"] = secrets.token_urlsafe(12)
+    request.session["meet_name"] = name
+    token = issue_guest_token(name, f"meet:{meeting.code}", guest_id=guest_id)
+    return JsonResponse({"guest": token})
+
+
+def _safe_cell(value) -> str:
+    """A CSV cell a spreadsheet will not run as a formula."""
+    text = "" if value is None else str(value)
+    return "'" + text if text.startswith(_CSV_FORMULA_START) else text
+
+
+def _csv_response(filename: str, header: list[str], rows) -> HttpResponse:
+    # UTF-8 with a BOM: spreadsheets on Polish Windows then read the diacritics.
+    response = HttpResponse(content_type="text/csv; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{filename}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    response.write("\ufeff")
+    writer = csv.writer(response)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([_safe_cell(cell) for cell in row])
+    return response
+
+
+@require_GET
+def records(request: HttpRequest, code: str, what: str) -> HttpResponse:
+    meeting = _meeting(code)
+    if not _hosts(request, meeting):
+        return HttpResponseForbidden(_("Only the meeting's host can download its records."))
+    tz = timezone.get_current_timezone()
+    if what == "chat":
+        rows = (
+            (
+                m.created_at.astimezone(tz).isoformat(timespec="seconds"),
+                m.author,
+                m.role,
+                m.get_status_display(),
+                m.text,
+            )
+            for m in meeting.chat.all()
+        )
+        header = [_("time"), _("author"), _("role"), _("status"), _("message")]
+    else:
+        rows = (
+            (
+                e.at.astimezone(tz).isoformat(timespec="seconds"),
+                e.kind,
+                e.name,
+                e.actor,
+                e.detail.get("reason") or e.detail.get("role") or "",
+            )
+            for e in meeting.log.all()
+        )
+        header = [_("time"), _("event"), _("who"), _("by"), _("detail")]
+    return _csv_response(f"{meeting.code}-{what}.csv", header, rows)

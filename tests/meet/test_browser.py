@@ -1,0 +1,122 @@
+"""The meeting page in two real headless Chromium browsers (Debian's chromium,
+fake camera and microphone) against a real daphne, Redis and PostgreSQL: the
+clerk opens the host link, the resident the guest link; the resident waits at
+position 1, the clerk lets them in, each sees the other's video, chat goes both
+ways, the clerk ends the meeting and the resident sees it ended."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from urllib.parse import quote
+
+import pytest
+from channels.db import database_sync_to_async as sync_to_async
+from conftest import FAKE_MEDIA_ARGS, headless_chromium, url_of_test_database
+
+from signaling.rules import Kind
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+
+# The other participant's video is really playing: it has a size, and its
+# clock moves.
+REMOTE_VIDEO_PLAYS = """
+async () => {
+  const video = document.querySelector('#videos li.tile:not([data-pid="self"]) video');
+  if (!video || video.videoWidth === 0) return false;
+  const before = video.currentTime;
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  return video.currentTime > before && video.videoWidth > 0;
+}
+"""
+
+
+async def wait_for(page, script: str, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await page.evaluate(script)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {script.strip()[:80]}")
+        await asyncio.sleep(0.2)
+
+
+@pytest.fixture
+def meeting_server(hub_processes):
+    """A daphne serving the test database (``django_db(transaction=True)``)."""
+
+    def start() -> str:
+        port = hub_processes.daphne({"DATABASE_URL": url_of_test_database()})
+        return f"http://127.0.0.1:{port}"
+
+    return start
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
+    from signaling.services import create_meeting
+
+    meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja podatkowa")
+    base = meeting_server()
+    host_link = f"{base}/meet/{meeting.code}/?key={key}"
+    guest_link = f"{base}/meet/{meeting.code}/?name={quote('Jan Kowalski')}"
+
+    async with contextlib.AsyncExitStack() as stack:
+        clerk_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+        resident_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+        clerk = await (await clerk_browser.new_context()).new_page()
+        resident = await (await resident_browser.new_context()).new_page()
+        errors: list[str] = []
+        for page in (clerk, resident):
+            page.on("pageerror", lambda error: errors.append(str(error)))
+
+        # The clerk opens the host link: the key leaves the address bar.
+        await clerk.goto(host_link)
+        assert "key=" not in clerk.url
+        assert await clerk.locator("html").get_attribute("lang") == "pl"
+        await clerk.fill("#guest-name", "Anna Urzędniczka")
+        await clerk.click("#join-button")
+        await clerk.wait_for_selector("#meeting-view:not([hidden])")
+
+        # The resident opens the guest link and waits at position 1.
+        await resident.goto(guest_link)
+        assert await resident.input_value("#guest-name") == "Jan Kowalski"
+        await resident.click("#join-button")
+        await resident.wait_for_selector("#queue-view:not([hidden])")
+        await wait_for(resident, "document.querySelector('#queue-position').textContent === '1'")
+
+        # The clerk sees them in the queue and lets them in.
+        admit = clerk.locator('#queue-list button[data-action="admit"]')
+        await admit.wait_for()
+        assert "Jan Kowalski" in await clerk.locator("#queue-list").inner_text()
+        await admit.click()
+        await resident.wait_for_selector("#meeting-view:not([hidden])")
+
+        # Each side receives the other's video.
+        await wait_for(clerk, REMOTE_VIDEO_PLAYS)
+        await wait_for(resident, REMOTE_VIDEO_PLAYS)
+
+        # Chat both ways; markup arrives as text.
+        await resident.fill("#chat-input", "Dzień dobry <b>pani</b>")
+        await resident.click("#chat-form button[type=submit]")
+        await clerk.wait_for_selector("#chat-log .chat__text")
+        assert await clerk.locator("#chat-log .chat__text").last.inner_text() == (
+            "Dzień dobry <b>pani</b>"
+        )
+        assert await clerk.locator("#chat-log b").count() == 0
+        await clerk.fill("#chat-input", "Dzień dobry, w czym mogę pomóc?")
+        await clerk.press("#chat-input", "Enter")
+        await wait_for(
+            resident,
+            "[...document.querySelectorAll('#chat-log .chat__text')]"
+            ".some((p) => p.textContent === 'Dzień dobry, w czym mogę pomóc?')",
+        )
+
+        # The clerk ends the meeting; the resident sees it ended.
+        clerk.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await clerk.click("#end-button")
+        await resident.wait_for_selector("#ended-view:not([hidden])")
+        assert "zakończ" in (await resident.inner_text("#ended-message")).lower()
+        assert errors == []
