@@ -175,6 +175,32 @@ REALTIME = {
     "LISTEN_BACKLOG": env_int("WS_LISTEN_BACKLOG", 4096, minimum=16),
 }
 
+# --- Virtual meetings (signaling) -------------------------------------------
+
+MEETINGS = {
+    # Residents (with companions) in one consultation or parent-evening call.
+    "CALL_MAX": env_int("MEET_CALL_MAX", 5, minimum=1),
+    "BRIEFING_MAX": env_int("MEET_BRIEFING_MAX", 25, minimum=2),
+    "PUBLIC_MAX": env_int("MEET_PUBLIC_MAX", 200, minimum=2),
+    # The most people one peer-to-peer (mesh) room holds: every pair sends
+    # directly, so a phone uploads its video once per other participant.
+    "MESH_MAX": env_int("MEET_MESH_MAX", 8, minimum=2),
+    # A participant whose connection drops keeps their place (and their
+    # place in the queue) this long, in seconds.
+    "RECONNECT_GRACE": env_float("MEET_RECONNECT_GRACE", 45.0, minimum=5.0),
+    # The queue's estimate per resident before any service was measured.
+    "SERVICE_MINUTES": env_float("MEET_SERVICE_MINUTES", 10.0, minimum=1.0),
+    # Signaling limits: one SDP, one chat message, chat messages per minute.
+    "MAX_SDP_BYTES": env_int("MEET_MAX_SDP_BYTES", 32 * 1024, minimum=1024),
+    "MAX_CHAT_CHARS": env_int("MEET_MAX_CHAT_CHARS", 1000, minimum=10),
+    "CHAT_PER_MINUTE": env_int("MEET_CHAT_PER_MINUTE", 20, minimum=1),
+    # Messages per second on a meeting socket (ICE candidates come in bursts).
+    "RATE_PER_SECOND": env_float("MEET_RATE_PER_SECOND", 30.0, minimum=1.0),
+    "RATE_BURST": env_int("MEET_RATE_BURST", 120, minimum=10),
+}
+# Links printed by create_meeting and shown to hosts start with this.
+PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
+
 # Behind nginx, take the client address from the last X-Forwarded-For hop
 # (the broadcast processes; daphne gets --proxy-headers for the same).
 WS_TRUST_X_FORWARDED_FOR = env_bool("WS_TRUST_X_FORWARDED_FOR", False)
@@ -197,6 +223,31 @@ def _default_ffmpeg() -> str:
 FFMPEG_BINARY = env_str("FFMPEG_BINARY") or _default_ffmpeg()
 # "embedded": aiortc peers run inside the web process; "worker": separate media workers.
 MEDIA_MODE = env_str("MEDIA_MODE", "worker" if REDIS_URL else "embedded")
+
+# --- STUN/TURN for the browsers of meetings (signaling.turn) ------------------
+
+# Comma-separated "stun:host:port" / "turn:host:port?transport=udp" URLs. No
+# public STUN server by default: a municipality's meetings should not reveal
+# who takes part to a third party, and coturn answers STUN as well.
+STUN_URLS = env_list("STUN_URLS", [])
+TURN_URLS = env_list("TURN_URLS", [])
+# Shared with coturn (use-auth-secret, static-auth-secret): the hub signs
+# time-limited TURN credentials with it (TURN REST API). Empty: no TURN.
+TURN_SECRET = env_str("TURN_SECRET", "")
+# Lifetime of issued TURN credentials, in seconds: the longest meeting.
+TURN_CREDENTIAL_TTL = env_int("TURN_CREDENTIAL_TTL", 12 * 3600, minimum=60)
+
+
+def _check_ice_urls(name: str, urls: list[str], schemes: tuple[str, ...]) -> None:
+    for url in urls:
+        if not url.startswith(schemes):
+            raise ConfigurationError(f"{name}: {url!r} does not start with {' or '.join(schemes)}")
+
+
+_check_ice_urls("STUN_URLS", STUN_URLS, ("stun:", "stuns:"))
+_check_ice_urls("TURN_URLS", TURN_URLS, ("turn:", "turns:"))
+if PRODUCTION and TURN_URLS and not TURN_SECRET:
+    raise ConfigurationError("TURN_SECRET must be set in production when TURN_URLS is set")
 
 # --- Internationalisation: Polish first, English second ---------------------
 

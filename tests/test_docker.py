@@ -58,10 +58,9 @@ NGINX_TEMPLATE_VAR = "TRUSTED_PROXY"
 NGINX_PLACEHOLDER = re.compile(r"\$(?:\{TRUSTED_PROXY\}|TRUSTED_PROXY\b)")
 # Set for the hub processes by compose but not read by any code yet, with the
 # reason. Anything else compose sets must be read somewhere in the hub's code,
-# which catches a misspelt variable that would be silently ignored.
-READ_LATER = {
-    "TURN_SECRET": "read by signaling's TURN credentials (a later issue); coturn uses it now",
-}
+# which catches a misspelt variable that would be silently ignored. (TURN_SECRET
+# was here until hub/settings.py read it for signaling.turn's credentials.)
+READ_LATER: dict[str, str] = {}
 NGINX_MISSING = (
     "nginx is not installed: `apt-get install nginx-light`. These tests run the real "
     "nginx against docker/nginx.conf and fail rather than skip without it."
@@ -1085,6 +1084,58 @@ def test_coturn_checks_credentials_with_the_hubs_turn_secret():
     assert "lt-cred-mech" not in options
     assert any(a.startswith("--realm=") for a in argv) or "realm" in options
     assert "./turnserver.conf:/etc/coturn/turnserver.conf:ro" in coturn["volumes"]
+
+
+def substitute(text: str, env: dict[str, str]) -> str:
+    """What compose makes of ``${NAME}``, ``${NAME:-default}`` and ``${NAME:?error}``."""
+
+    def value(match: re.Match) -> str:
+        name, operator, word = match.groups()
+        if env.get(name):
+            return env[name]
+        assert operator != ":?", f"compose would refuse to start: {word}"
+        return word if operator == ":-" else ""
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?:(:-|:\?)([^}]*))?\}", value, text)
+
+
+def test_web_services_and_coturn_share_the_turn_secret_and_address():
+    """The hub (daphne) signs TURN credentials with the very secret coturn checks them
+    with, taken from one docker/.env variable, and sends browsers to that coturn."""
+    env = {
+        "TURN_SECRET": "0123abcd" * 8,
+        "TURN_EXTERNAL_IP": "203.0.113.77",
+        "TURN_REALM": "hub.example.gmina.pl",
+    }
+    coturn_argv = [substitute(a, env) for a in as_argv(SERVICES["coturn"]["command"])]
+    web = [name for name in HUB_SERVICES if is_daphne(service_argv(name))]
+    assert sorted(web) == ["web1", "web2"]
+    options = turn_conf()
+    listening = options.get("listening-port", ["3478"])[0]
+    for name in web:
+        hub_env = SERVICES[name]["environment"]
+        # One variable, substituted alike on both sides (no default that could differ).
+        assert interpolated_names(hub_env["TURN_SECRET"]) == {"TURN_SECRET"}, name
+        assert required_names(hub_env["TURN_SECRET"]) == {"TURN_SECRET"}, name
+        secret = substitute(hub_env["TURN_SECRET"], env)
+        assert secret == env["TURN_SECRET"]
+        assert option_value(coturn_argv, "--static-auth-secret") == secret, name
+
+        # TURN_URLS: coturn's public address and listening port, over UDP and TCP,
+        # which the coturn service publishes.
+        urls = substitute(hub_env["TURN_URLS"], env).split(",")
+        external_ip = option_value(coturn_argv, "--external-ip")
+        assert external_ip == env["TURN_EXTERNAL_IP"]
+        assert urls == [
+            f"turn:{external_ip}:{listening}?transport=udp",
+            f"turn:{external_ip}:{listening}?transport=tcp",
+        ], name
+        ports = [str(p) for p in SERVICES["coturn"]["ports"]]
+        assert {f"{listening}:{listening}/udp", f"{listening}:{listening}/tcp"} <= set(ports)
+        # No STUN server unless the municipality names one; the TTL keeps its default.
+        assert substitute(hub_env["STUN_URLS"], env) == "", name
+        assert substitute(hub_env["TURN_CREDENTIAL_TTL"], env) == "", name
+    assert "use-auth-secret" in options
 
 
 def test_coturn_publishes_its_listening_port_and_relay_range():

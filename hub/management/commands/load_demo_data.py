@@ -77,6 +77,17 @@ class Command(BaseCommand):
 
         self._print_table(outcomes)
 
+        from signaling.demo import ensure_demo_meetings
+
+        with transaction.atomic():
+            meetings = ensure_demo_meetings()
+        self.stdout.write("")
+        self.stdout.write("Demo meetings (the host link makes whoever opens it the host):")
+        for meeting in meetings:
+            self.stdout.write(f"  {meeting['title']} [{meeting['kind']}]")
+            self.stdout.write(f"    guest: {meeting['guest_link']}")
+            self.stdout.write(f"    host:  {meeting['host_link']}")
+
     def _ensure_account(self, account: DemoAccount) -> str:
         """Bring one account to its documented state; say whether it was created,
         updated or already right."""
