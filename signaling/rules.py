@@ -326,7 +326,8 @@ def join(room: Room, claim: Claim, *, channel: str, instance: str, now: float, l
     if room.locked and not privileged:
         raise Refused("locked", "meeting_locked")
     returning = claim.principal in room.banned
-    queued = not privileged and (room.kind in QUEUED_KINDS or returning)
+    # Whoever was removed comes back through the queue, moderators too.
+    queued = returning or (not privileged and room.kind in QUEUED_KINDS)
     if not queued and len(_admitted(room)) >= capacity(room, limits):
         raise Refused("full", "meeting_full")
     pid = _new_pid(room)
@@ -362,6 +363,9 @@ def reconnect(
     room = _copy(room)
     participant = room.participants.get(pid)
     if participant is None or participant.principal != principal:
+        raise Refused("resume_expired", "rejoin_expired")
+    if participant.lease_until < now:
+        # Past the grace: expire() removes them; resuming is too late.
         raise Refused("resume_expired", "rejoin_expired")
     participant.connected = True
     participant.channel = channel
@@ -399,12 +403,15 @@ def renew(room: Room, pid: str, channel: str, *, now: float, limits: Limits) -> 
 def expire(room: Room, *, now: float) -> Outcome:
     """Participants whose lease ran out (gone for longer than the grace, or
     their server died) leave."""
-    gone = [p for p in room.participants.values() if p.lease_until < now]
+    gone = [p.pid for p in room.participants.values() if p.lease_until < now]
     if not gone:
         return Outcome(room)
     room = _copy(room)
+    # The copy's participants (roles change as hosts pass on), and hosts
+    # last, so that the host passes to a moderator who stays.
+    leaving = sorted((room.participants[pid] for pid in gone), key=lambda p: p.role is Role.HOST)
     events = []
-    for participant in gone:
+    for participant in leaving:
         events.extend(_depart(room, participant, "timed_out", now))
     return Outcome(room, events)
 
@@ -596,7 +603,7 @@ def _do_lock(room, actor, target, value, now, limits):
 def _do_end(room, actor, target, value, now, limits):
     room.ended = True
     if room.serving_since is not None:
-        room.service_times = [*room.service_times, now - room.serving_since][-10:]
+        room.service_times = [*room.service_times, max(0.0, now - room.serving_since)][-10:]
         room.serving_since = None
     return [Event("ended", actor=actor.pid)]
 
