@@ -44,7 +44,8 @@ bench-fanout: install
 
 ## make messages: refresh and compile the Polish translations
 messages: install
-	cd hub && ../$(PY) ../manage.py makemessages -l pl && msgfmt -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
+	cd hub && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
+	cd signaling && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
