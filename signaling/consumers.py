@@ -44,7 +44,19 @@ STAFF_ROLES = frozenset(
     }
 )
 _REJOIN_SALT = "signaling.rejoin"
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 controls but tab and new line, DEL and the C1 controls.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _clean_name(name: str) -> str:
+    """A display name on one line without control characters (PostgreSQL
+    cannot store NUL in the room's JSON, and a name is shown to others)."""
+    return " ".join(_CONTROL.sub("", name).split())[:80] or "?"
+
+
+def _clean_instance(instance: str) -> str:
+    return _CONTROL.sub("", instance) or "-"
+
 
 REASONS = {
     "meeting_ended": _("The meeting has ended."),
@@ -64,7 +76,7 @@ REASONS = {
     "queue_empty": _("Nobody is waiting."),
     "nothing_to_mute": _("Say what to turn off: audio, video or both."),
     "cannot_host": _("That person cannot become the host."),
-    "no_floor_for_role": _("Only participants are given or denied the floor."),
+    "no_floor_for_role": _("Only participants can be given the floor or have it taken back."),
     "needs_floor": _("Raise your hand: a moderator will give you the floor."),
     "rejoin_expired": _("Your earlier place in the meeting has expired."),
     "join_first": _("Join the meeting first."),
@@ -189,6 +201,10 @@ class MeetConsumer(EnvelopeConsumer):
         await super().connect()
 
     async def disconnect(self, code):
+        if not hasattr(self, "_tasks"):
+            # The handshake was refused (unknown code) before the base consumer
+            # set anything up: there is nothing to undo.
+            return
         pid, self.pid = self.pid, None
         if pid is not None:
             try:
@@ -295,7 +311,7 @@ class MeetConsumer(EnvelopeConsumer):
             owner = services.find_meeting_sync(self.code).owner_id == user.pk
             return rules.Claim(
                 principal=principal,
-                name=(user.get_full_name() or user.get_username())[:80],
+                name=_clean_name(user.get_full_name() or user.get_username()),
                 authenticated=True,
                 staff=bool(roles & STAFF_ROLES) or user.is_staff,
                 host=owner or host_link,
@@ -303,7 +319,10 @@ class MeetConsumer(EnvelopeConsumer):
             )
         guest = self.scope["guest"]
         return rules.Claim(
-            principal=principal, name=guest.name, host=host_link, watch_only=message.watch_only
+            principal=principal,
+            name=_clean_name(guest.name),
+            host=host_link,
+            watch_only=message.watch_only,
         )
 
     async def join(self, message: p.Join) -> p.Joined:
@@ -311,8 +330,33 @@ class MeetConsumer(EnvelopeConsumer):
             raise refusal("already_joined", ErrorCode.CONFLICT)
         claim = await self._claim(message)
         now, limits = self._now(), self.limits_rules
-        changed = None
-        resumed = False
+        # Into the group before the change is stored: a change made by someone
+        # else right after ours (the host admits at once) must reach this
+        # socket. The group's messages wait until this handler returns, and
+        # meet_room drops those older than the room we reply with.
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        try:
+            changed, resumed = await self._enter(claim, message, now, limits)
+        except BaseException:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+            raise
+        self.pid = changed.pid
+        self.room = changed.room
+        self.sent_version = changed.room.version
+        from signaling.turn import ice_servers
+
+        return p.Joined(
+            you=self.pid,
+            rejoin_token=make_rejoin_token(self.code, self.pid, claim.principal),
+            resumed=resumed,
+            ice_servers=ice_servers(claim.principal),
+            room=self._view(),
+        )
+
+    async def _enter(
+        self, claim: rules.Claim, message: p.Join, now: float, limits: rules.Limits
+    ) -> tuple[services.Changed, bool]:
+        """Back to an earlier place (a valid rejoin token) or a fresh join."""
         pid = (
             read_rejoin_token(message.rejoin, self.code, claim.principal)
             if message.rejoin
@@ -326,40 +370,27 @@ class MeetConsumer(EnvelopeConsumer):
                         pid,
                         claim.principal,
                         channel=self.channel_name,
-                        instance=message.instance,
+                        instance=_clean_instance(message.instance),
                         now=now,
                         limits=limits,
                     )
                 )
-                resumed = True
+                return changed, True
             except EnvelopeError as error:
                 if error.code is not ErrorCode.RESUME_EXPIRED:
                     raise
-        if changed is None:
-            changed = await self._change(
-                lambda room: rules.join(
-                    room,
-                    claim,
-                    channel=self.channel_name,
-                    instance=message.instance,
-                    now=now,
-                    limits=limits,
-                ),
-                refresh=True,
-            )
-        self.pid = changed.pid
-        self.room = changed.room
-        self.sent_version = changed.room.version
-        await self.channel_layer.group_add(self.group, self.channel_name)
-        from signaling.turn import ice_servers
-
-        return p.Joined(
-            you=self.pid,
-            rejoin_token=make_rejoin_token(self.code, self.pid, claim.principal),
-            resumed=resumed,
-            ice_servers=ice_servers(claim.principal),
-            room=self._view(),
+        changed = await self._change(
+            lambda room: rules.join(
+                room,
+                claim,
+                channel=self.channel_name,
+                instance=_clean_instance(message.instance),
+                now=now,
+                limits=limits,
+            ),
+            refresh=True,
         )
+        return changed, False
 
     async def sync(self, message: p.Sync) -> p.RoomView:
         self._me()
@@ -419,7 +450,7 @@ class MeetConsumer(EnvelopeConsumer):
                 )
             else:
                 c = message.candidate
-                sdp.check_candidate(c.candidate, c.sdpMid, c.sdpMLineIndex)
+                sdp.check_candidate(c.candidate, c.sdpMid, c.sdpMLineIndex, c.usernameFragment)
         except sdp.BadInput as bad:
             code = ErrorCode.BAD_SDP if message.description is not None else ErrorCode.BAD_CANDIDATE
             raise refusal(bad.reason, code, limit=settings.MEETINGS["MAX_SDP_BYTES"]) from None

@@ -20,6 +20,8 @@ _CANDIDATE = re.compile(
     r"( [\x21-\x7e]+ [\x21-\x7e]+)*$"
 )
 _MID = re.compile(r"^[A-Za-z0-9+/=_\-.]{0,32}$")
+# RFC 8839 §5.4 ice-ufrag: ice-chars (ALPHA / DIGIT / "+" / "/").
+_UFRAG = re.compile(r"^[A-Za-z0-9+/]{0,256}$")
 MAX_MEDIA_SECTIONS = 32
 
 
@@ -52,9 +54,16 @@ def check_description(kind: str, sdp: str, *, max_bytes: int) -> None:
         raise BadInput("sdp_too_many_media")
 
 
-def check_candidate(candidate: str, sdp_mid: str | None, mline_index: int | None) -> None:
+def check_candidate(
+    candidate: str,
+    sdp_mid: str | None,
+    mline_index: int | None,
+    username_fragment: str | None = None,
+) -> None:
     """One trickled ICE candidate; the empty string ends the candidates."""
     if candidate and not _CANDIDATE.match(candidate):
+        raise BadInput("candidate_malformed")
+    if username_fragment is not None and not _UFRAG.match(username_fragment):
         raise BadInput("candidate_malformed")
     if sdp_mid is not None and not _MID.match(sdp_mid):
         raise BadInput("candidate_bad_mid")

@@ -47,11 +47,29 @@ async def wait_for(page, script: str, timeout: float = 20.0):
 def meeting_server(hub_processes):
     """A daphne serving the test database (``django_db(transaction=True)``)."""
 
-    def start() -> str:
-        port = hub_processes.daphne({"DATABASE_URL": url_of_test_database()})
+    def start(port: int | None = None) -> str:
+        port = hub_processes.daphne({"DATABASE_URL": url_of_test_database()}, port=port)
         return f"http://127.0.0.1:{port}"
 
     return start
+
+
+async def admitted_call(stack, base: str, meeting, key: str):
+    """The clerk (host link) and the resident (guest link) in one call."""
+    clerk_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+    resident_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+    clerk = await (await clerk_browser.new_context()).new_page()
+    resident = await (await resident_browser.new_context()).new_page()
+    await clerk.goto(f"{base}/meet/{meeting.code}/?key={key}&name=Anna")
+    await clerk.click("#join-button")
+    await clerk.wait_for_selector("#meeting-view:not([hidden])")
+    await resident.goto(f"{base}/meet/{meeting.code}/?name=Jan")
+    await resident.click("#join-button")
+    await clerk.locator('#queue-list button[data-action="admit"]').click()
+    await resident.wait_for_selector("#meeting-view:not([hidden])")
+    await wait_for(clerk, REMOTE_VIDEO_PLAYS)
+    await wait_for(resident, REMOTE_VIDEO_PLAYS)
+    return clerk, resident
 
 
 @pytest.mark.django_db(transaction=True)
@@ -120,3 +138,47 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         await resident.wait_for_selector("#ended-view:not([hidden])")
         assert "zakończ" in (await resident.inner_text("#ended-message")).lower()
         assert errors == []
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_after_the_server_dies_both_come_back_to_the_same_call(meeting_server, hub_processes):
+    """daphne is killed (SIGKILL: no close frames, no cleanup) and started again
+    on the same port: both pages reconnect by themselves and rejoin with their
+    tokens, as the same participants, still admitted, without the clerk letting
+    anyone in again; the call's media (peer to peer) never stopped."""
+    from signaling.services import create_meeting
+
+    meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja")
+    base = meeting_server()
+    port = int(base.rsplit(":", 1)[1])
+    async with contextlib.AsyncExitStack() as stack:
+        clerk, resident = await admitted_call(stack, base, meeting, key)
+        before = {
+            "clerk": await clerk.evaluate("window.egminaMeeting.you"),
+            "resident": await resident.evaluate("window.egminaMeeting.you"),
+        }
+        proc = hub_processes.procs[-1]
+        proc.kill()
+        proc.wait(timeout=10)
+        await wait_for(resident, "document.querySelector('#quality').dataset.level === 'offline'")
+        meeting_server(port)
+        for page in (clerk, resident):
+            await wait_for(page, "document.querySelector('#quality').dataset.level !== 'offline'")
+            await wait_for(page, "window.egminaMeeting.hub.state === 'open'")
+        after = {
+            "clerk": await clerk.evaluate("window.egminaMeeting.you"),
+            "resident": await resident.evaluate("window.egminaMeeting.you"),
+        }
+        assert after == before
+        assert await resident.evaluate("window.egminaMeeting.status") == "admitted"
+        assert await resident.is_visible("#meeting-view")
+        await wait_for(clerk, REMOTE_VIDEO_PLAYS)
+        await wait_for(resident, REMOTE_VIDEO_PLAYS)
+        # The new sockets carry the meeting: chat goes through them.
+        await resident.fill("#chat-input", "Jestem z powrotem")
+        await resident.press("#chat-input", "Enter")
+        await wait_for(
+            clerk,
+            "[...document.querySelectorAll('#chat-log .chat__text')]"
+            ".some((p) => p.textContent === 'Jestem z powrotem')",
+        )

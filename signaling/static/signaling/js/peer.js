@@ -5,6 +5,8 @@
 // the other's offer. The hub tells each side which one it is (`polite`), so
 // there are no glare failures.
 
+const VIDEO_MAX_BITRATE = 500_000; // bits per second, per receiving participant
+
 export class PeerLink {
   /**
    * @param {object} options
@@ -86,6 +88,21 @@ export class PeerLink {
       free.sender.setStreams?.(stream);
     } else {
       this.senders[kind] = this.pc.addTrack(track, stream);
+    }
+    if (kind === "video") this._capBitrate(this.senders.video);
+  }
+
+  // A mesh sends one copy per participant: cap each so that a phone on a
+  // rural uplink can send to several people and keep the sound.
+  async _capBitrate(sender) {
+    try {
+      const parameters = sender.getParameters();
+      if (!parameters.encodings || !parameters.encodings.length) parameters.encodings = [{}];
+      parameters.encodings[0].maxBitrate = VIDEO_MAX_BITRATE;
+      parameters.degradationPreference = "balanced";
+      await sender.setParameters(parameters);
+    } catch (error) {
+      console.debug("bitrate cap not applied", error);
     }
   }
 
