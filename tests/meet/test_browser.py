@@ -32,6 +32,43 @@ async () => {
 """
 
 
+# What the page's meeting looks like, for a failure message.
+DIAGNOSIS = """
+() => {
+  const m = window.egminaMeeting;
+  if (!m) return "no meeting";
+  const links = [...m.links].map(([pid, e]) => ({
+    pid, instance: e.instance, polite: e.link.polite,
+    signaling: e.link.pc.signalingState, ice: e.link.pc.iceConnectionState,
+    connection: e.link.pc.connectionState,
+    transceivers: e.link.pc.getTransceivers().map(
+      (t) => `${t.mid}:${t.direction}/${t.currentDirection}:${t.sender.track?.kind}`),
+    remoteTracks: e.link.stream.getTracks().map((t) => `${t.kind}:${t.readyState}:${t.muted}`),
+    tile: Boolean(e.tile), trace: e.link.trace.join(" "),
+  }));
+  const videos = [...document.querySelectorAll('#videos video')].map((v) => ({
+    w: v.videoWidth, t: v.currentTime, paused: v.paused, src: Boolean(v.srcObject),
+  }));
+  return JSON.stringify({ you: m.you, status: m.status, version: m.room?.version, links, videos,
+    log: window.meetLog || [] });
+}
+"""
+
+
+PAGES: list = []
+
+
+@pytest.fixture(autouse=True)
+def _forget_pages():
+    PAGES.clear()
+
+
+def record_console(page) -> None:
+    logs: list[str] = []
+    PAGES.append((page, logs))
+    page.on("console", lambda m: logs.append(f"{m.type}: {m.text}"))
+
+
 async def wait_for(page, script: str, timeout: float = 20.0):
     deadline = time.monotonic() + timeout
     while True:
@@ -39,7 +76,13 @@ async def wait_for(page, script: str, timeout: float = 20.0):
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {script.strip()[:80]}")
+            report = []
+            for other, logs in PAGES:
+                state = await other.evaluate(DIAGNOSIS)
+                report.append(f"{'THIS ' if other is page else ''}page: {state}\n  console: {logs}")
+            raise AssertionError(
+                f"timed out waiting for {script.strip()[:80]}\n" + "\n".join(report)
+            )
         await asyncio.sleep(0.2)
 
 
@@ -60,6 +103,8 @@ async def admitted_call(stack, base: str, meeting, key: str):
     resident_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
     clerk = await (await clerk_browser.new_context()).new_page()
     resident = await (await resident_browser.new_context()).new_page()
+    record_console(clerk)
+    record_console(resident)
     await clerk.goto(f"{base}/meet/{meeting.code}/?key={key}&name=Anna")
     await clerk.click("#join-button")
     await clerk.wait_for_selector("#meeting-view:not([hidden])")
@@ -87,6 +132,8 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         clerk = await (await clerk_browser.new_context()).new_page()
         resident = await (await resident_browser.new_context()).new_page()
         errors: list[str] = []
+        record_console(clerk)
+        record_console(resident)
         for page in (clerk, resident):
             page.on("pageerror", lambda error: errors.append(str(error)))
 

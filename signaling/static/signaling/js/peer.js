@@ -4,6 +4,18 @@
 // the polite side rolls its own back and answers, the impolite side ignores
 // the other's offer. The hub tells each side which one it is (`polite`), so
 // there are no glare failures.
+//
+// The first negotiation of a link is not left to chance, though: Chromium
+// sometimes gathers no ICE candidates at all on a side that rolled back its
+// own first offer (seen here: both sides "stable", ICE stuck at "new"). So the
+// impolite side opens the link (with receive-only transceivers if it has
+// nothing to send) and the polite side adds its media once that first offer
+// has arrived. A watchdog restarts ICE on a link that does not connect.
+
+// How long the polite side waits for the first offer before sending anyway,
+// and how long a link may sit unconnected before the impolite side restarts ICE.
+const FIRST_OFFER_WAIT_MS = 3000;
+const STUCK_MS = 8000;
 
 const VIDEO_MAX_BITRATE = 500_000; // bits per second, per receiving participant
 
@@ -31,11 +43,25 @@ export class PeerLink {
     this._chain = Promise.resolve();
     this.stream = new MediaStream();
     this.senders = { audio: null, video: null };
+    this.wanted = new Map(); // kind -> {track, stream}: what we send once started
+    this.started = !polite;
+    // What happened, for diagnosis (window.egminaMeeting in the console).
+    this.trace = [];
+    if (polite) {
+      this._startTimer = setTimeout(() => this._start(), FIRST_OFFER_WAIT_MS);
+    } else {
+      // After the page has attached its tracks (same task), make sure there is
+      // something to negotiate.
+      setTimeout(() => this._openFirst(), 0);
+    }
+    this._unconnectedSince = Date.now();
+    this._watchdog = setInterval(() => this._watch(), 1000);
 
     this.pc.onnegotiationneeded = async () => {
       try {
         this.makingOffer = true;
         await this.pc.setLocalDescription();
+        this.trace.push(`${this.pc.localDescription.type}>`);
         this.send({ description: this._plain(this.pc.localDescription) });
       } catch (error) {
         console.warn("negotiation failed", error);
@@ -45,7 +71,10 @@ export class PeerLink {
     };
     this.pc.onicecandidate = ({ candidate }) => {
       // A null candidate ends the gathering: nothing to relay.
-      if (candidate && candidate.candidate) this.send({ candidate: candidate.toJSON() });
+      if (candidate && candidate.candidate) {
+        this.trace.push("c>");
+        this.send({ candidate: candidate.toJSON() });
+      }
     };
     this.pc.ontrack = ({ track }) => {
       if (!this.stream.getTracks().includes(track)) this.stream.addTrack(track);
@@ -63,8 +92,44 @@ export class PeerLink {
     return { type: description.type, sdp: description.sdp };
   }
 
+  _openFirst() {
+    if (this.closed || this.pc.getTransceivers().length) return;
+    for (const kind of ["audio", "video"]) this.pc.addTransceiver(kind, { direction: "recvonly" });
+  }
+
+  _start() {
+    if (this.started || this.closed) return;
+    clearTimeout(this._startTimer);
+    this.started = true;
+    for (const [kind, { track, stream }] of this.wanted) this._send(kind, track, stream);
+  }
+
+  _watch() {
+    if (this.closed) return;
+    const state = this.pc.iceConnectionState;
+    if (state === "connected" || state === "completed" || state === "checking") {
+      this._unconnectedSince = Date.now();
+      return;
+    }
+    if (
+      !this.polite &&
+      this.pc.signalingState === "stable" &&
+      this.pc.remoteDescription &&
+      Date.now() - this._unconnectedSince > STUCK_MS
+    ) {
+      this.trace.push(`restart(${state})`);
+      this._unconnectedSince = Date.now();
+      this.restartIce();
+    }
+  }
+
   /** Our microphone or camera (or screen) for this link; null stops sending. */
   setTrack(kind, track, stream) {
+    this.wanted.set(kind, { track, stream });
+    if (this.started) this._send(kind, track, stream);
+  }
+
+  _send(kind, track, stream) {
     const sender = this.senders[kind];
     if (sender) {
       sender.replaceTrack(track).catch((error) => console.warn("replaceTrack", error));
@@ -121,18 +186,24 @@ export class PeerLink {
         !this.makingOffer && (this.pc.signalingState === "stable" || this.settingRemoteAnswer);
       const collision = description.type === "offer" && !readyForOffer;
       this.ignoreOffer = !this.polite && collision;
+      this.trace.push(`<${description.type}${collision ? "!" : ""}${this.ignoreOffer ? "x" : ""}`);
       if (this.ignoreOffer) return;
       this.settingRemoteAnswer = description.type === "answer";
       await this.pc.setRemoteDescription(description); // rolls back our offer if needed
       this.settingRemoteAnswer = false;
       if (description.type === "offer") {
         await this.pc.setLocalDescription();
+        this.trace.push("answer>");
         this.send({ description: this._plain(this.pc.localDescription) });
+        // The link is open: now our media goes on it (a second, glare-free round).
+        this._start();
       }
     } else if (candidate) {
       try {
         await this.pc.addIceCandidate(candidate);
+        this.trace.push("<c");
       } catch (error) {
+        this.trace.push("<c!");
         if (!this.ignoreOffer) throw error;
       }
     }
@@ -149,6 +220,8 @@ export class PeerLink {
 
   close() {
     this.closed = true;
+    clearTimeout(this._startTimer);
+    clearInterval(this._watchdog);
     this.pc.close();
   }
 }
