@@ -32,6 +32,15 @@ async () => {
 """
 
 
+RESTART_BOTH = """
+() => { for (const { link } of window.egminaMeeting.links.values()) link.restartIce(); }
+"""
+SETTLED_AFTER_GLARE = """
+() => [...window.egminaMeeting.links.values()].every(({ link }) =>
+  link.pc.signalingState === "stable" && link.pc.connectionState === "connected"
+  && link.trace.filter((t) => t.endsWith(">")).length >= 3)
+"""
+
 # What the page's meeting looks like, for a failure message.
 DIAGNOSIS = """
 () => {
@@ -162,6 +171,13 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         # Each side receives the other's video.
         await wait_for(clerk, REMOTE_VIDEO_PLAYS)
         await wait_for(resident, REMOTE_VIDEO_PLAYS)
+
+        # Glare: both sides renegotiate at the same moment (an ICE restart
+        # each); perfect negotiation settles it and the call goes on.
+        await asyncio.gather(*(page.evaluate(RESTART_BOTH) for page in (clerk, resident)))
+        for page in (clerk, resident):
+            await wait_for(page, SETTLED_AFTER_GLARE)
+            await wait_for(page, REMOTE_VIDEO_PLAYS)
 
         # Chat both ways; markup arrives as text.
         await resident.fill("#chat-input", "Dzień dobry <b>pani</b>")
