@@ -77,12 +77,15 @@ class EnvelopeError(Exception):
         *,
         id: str | None = None,
         params: dict[str, Any] | None = None,
+        reason: str | None = None,
     ):
         super().__init__(message)
         self.code = code
         self.template = message
         self.params = params or {}
         self.id = id
+        # Finer than the code, for programs (e.g. "sdp_too_large"); optional.
+        self.reason = reason
 
     @property
     def message(self) -> str:
@@ -91,7 +94,7 @@ class EnvelopeError(Exception):
         return text % self.params if self.params else text
 
     def to_message(self) -> Error:
-        return Error(code=self.code.value, message=self.message, id=self.id)
+        return Error(code=self.code.value, message=self.message, id=self.id, reason=self.reason)
 
 
 class Message(
@@ -175,6 +178,7 @@ class Resumed(Message, tag="resumed"):
 class Error(Message, tag="error"):
     code: str
     message: str
+    reason: str | None = None
 
 
 HUB_INBOUND: tuple[type[Message], ...] = (Ping, Subscribe, Unsubscribe, Resume)

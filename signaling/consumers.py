@@ -45,7 +45,10 @@ STAFF_ROLES = frozenset(
 )
 _REJOIN_SALT = "signaling.rejoin"
 # C0 controls but tab and new line, DEL and the C1 controls.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# Control characters, and the invisible ones that reorder or hide text (bidi
+# overrides and isolates, zero-width marks): a name or message must read as
+# what it is.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2060-\u2069\ufeff]")
 
 
 def _clean_name(name: str) -> str:
@@ -113,7 +116,7 @@ REFUSAL_CODES = {code.value: code for code in ErrorCode}
 
 def refusal(reason: str, code: ErrorCode | str = ErrorCode.FORBIDDEN, **params) -> EnvelopeError:
     code = REFUSAL_CODES.get(str(code), ErrorCode.FORBIDDEN)
-    return EnvelopeError(code, REASONS.get(reason, reason), params=params or None)
+    return EnvelopeError(code, REASONS.get(reason, reason), params=params or None, reason=reason)
 
 
 def make_rejoin_token(code: str, pid: str, principal: str) -> str:

@@ -187,6 +187,9 @@ class Room(msgspec.Struct, kw_only=True):
     participants: dict[str, Participant] = {}
     next_ticket: int = 1
     banned: list[str] = []
+    # Set when a guest is removed or turned away: a guest identity is only a
+    # browser session, so from then on new guests wait to be let in.
+    guests_knock: bool = False
     # The resident being served (queued kinds) since when; durations of the
     # last services feed the queue's estimate.
     serving_since: float | None = None
@@ -327,7 +330,8 @@ def join(room: Room, claim: Claim, *, channel: str, instance: str, now: float, l
         raise Refused("locked", "meeting_locked")
     returning = claim.principal in room.banned
     # Whoever was removed comes back through the queue, moderators too.
-    queued = returning or (not privileged and room.kind in QUEUED_KINDS)
+    knocks = role is Role.GUEST and room.guests_knock
+    queued = returning or (not privileged and (room.kind in QUEUED_KINDS or knocks))
     if not queued and len(_admitted(room)) >= capacity(room, limits):
         raise Refused("full", "meeting_full")
     pid = _new_pid(room)
@@ -524,8 +528,7 @@ def _do_deny(room, actor, target, value, now, limits):
     participant = _target(room, target, actor)
     if participant.status is not Status.QUEUED:
         raise Refused("conflict", "not_waiting")
-    if participant.principal not in room.banned:
-        room.banned = [*room.banned, participant.principal]
+    _ban(room, participant)
     return _depart(room, participant, "denied", now, actor.pid)
 
 
@@ -590,9 +593,15 @@ def _do_mute(room, actor, target, value, now, limits):
 
 def _do_remove(room, actor, target, value, now, limits):
     participant = _target(room, target, actor)
+    _ban(room, participant)
+    return _depart(room, participant, "removed", now, actor.pid)
+
+
+def _ban(room: Room, participant: Participant) -> None:
     if participant.principal not in room.banned:
         room.banned = [*room.banned, participant.principal]
-    return _depart(room, participant, "removed", now, actor.pid)
+    if participant.role is Role.GUEST:
+        room.guests_knock = True
 
 
 def _do_lock(room, actor, target, value, now, limits):

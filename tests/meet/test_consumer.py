@@ -258,6 +258,9 @@ async def test_bad_descriptions_and_candidates_are_refused_with_a_reason(connect
         if reason is not None:
             assert error["message"] == reason, (message, error)
     assert str(limit) in text("sdp_too_large", limit=limit)
+    # Programs get the reason as a key too.
+    assert (await error_of(m.host, offer(huge)))["reason"] == "sdp_too_large"
+    assert (await error_of(m.host, candidate(sdpMid="0 1")))["reason"] == "candidate_bad_mid"
     assert await guest.nothing()
     # What a browser sends passes: an offer, a candidate, the end of candidates.
     for message in (
@@ -306,7 +309,7 @@ async def test_chat_is_kept_and_relayed_as_text(connect, settings):
     for socket in (m.host, guest):
         assert (await socket.until("chat"))["message"]["text"] == html
     # Control characters go (a tab and a new line stay); so do outer spaces.
-    raw = "  a\x00b\x07c\x1b[31md\r\x7f\x85\x9be\tf\ng  "
+    raw = "  a\x00b\x07c\x1b[31md\r\x7f\x85\x9b\u202e\u200be\u2066\tf\ng\ufeff  "
     assert (await guest.request({"type": "chat", "text": raw}))["type"] == "ok"
     relayed = (await m.host.until("chat"))["message"]
     assert relayed["text"] == "abc[31mde\tf\ng"

@@ -631,6 +631,33 @@ def test_a_removed_moderator_also_comes_back_through_the_queue(kind):
     assert m[again].role is Role.MODERATOR and m[again].status is Status.ADMITTED
 
 
+def test_after_a_guest_is_removed_new_guests_knock_in_a_public_meeting():
+    """A guest is only a browser session: a removed guest could come back as a
+    new one. So once a guest was removed, new guests wait to be let in."""
+    m = Meeting(Kind.PUBLIC)
+    host = m.join("h", host=True)
+    first = m.join("g1", auth=False)
+    assert m[first].status is Status.ADMITTED
+    m.act(host, A.REMOVE, first)
+    assert m.room.guests_knock
+    new_guest = m.join("g2", auth=False)
+    assert m[new_guest].status is Status.QUEUED and not m[new_guest].returning
+    # Signed-in participants are known people: they still go straight in.
+    account = m.join("resident")
+    assert m[account].status is Status.ADMITTED
+    m.act(host, A.ADMIT, new_guest)
+    assert m[new_guest].status is Status.ADMITTED
+
+
+def test_removing_a_signed_in_participant_does_not_make_guests_knock():
+    m = Meeting(Kind.PUBLIC)
+    host = m.join("h", host=True)
+    account = m.join("resident")
+    m.act(host, A.REMOVE, account)
+    assert not m.room.guests_knock
+    assert m[m.join("g", auth=False)].status is Status.ADMITTED
+
+
 def test_removed_queued_resident_and_leaving_keep_the_queue_contiguous():
     m, host, (a, b, c, d) = consultation(4)
     m.act(host, A.REMOVE, b)
