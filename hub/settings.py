@@ -78,7 +78,9 @@ MIDDLEWARE = [
 ROOT_URLCONF = "hub.urls"
 ASGI_APPLICATION = "hub.asgi.application"
 AUTH_USER_MODEL = "hub.User"
-LOGIN_URL = "/admin/login/"
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/"
 
 TEMPLATES = [
     {

@@ -22,6 +22,9 @@ class PlannedModule:
     title: Promise
     summary: Promise
     features: tuple[Promise, ...]
+    # Set once the module works: how people reach it, and a link for staff.
+    available: Promise | None = None
+    link: tuple[str, Promise] | None = None
 
 
 # The areas of the project "E-usługi w Gminie Głogów Małopolski – Gmina
@@ -39,6 +42,11 @@ PLANNED_MODULES: tuple[PlannedModule, ...] = (
             _("Online parent-teacher meetings (e-wywiadówka)"),
             _("Public consultations with residents"),
         ),
+        available=_(
+            "Available. Residents join with the link they receive from the town hall; "
+            "staff start meetings in “My meetings”."
+        ),
+        link=("meetings", _("My meetings (staff)")),
     ),
     PlannedModule(
         slug="council",

@@ -225,3 +225,71 @@ def records(request: HttpRequest, code: str, what: str) -> HttpResponse:
         )
         header = [_("time"), _("event"), _("who"), _("by"), _("detail")]
     return _csv_response(f"{meeting.code}-{what}.csv", header, rows)
+
+
+# --- "My meetings": staff start meetings here --------------------------------------
+
+
+def _is_staff(user) -> bool:
+    from hub.roles import roles_of
+    from signaling.consumers import STAFF_ROLES
+
+    return user.is_staff or bool(roles_of(user) & STAFF_ROLES)
+
+
+def my_meetings(request: HttpRequest) -> HttpResponse:
+    """The meetings a staff member owns, moderates or is invited to, and a form
+    to start a new one (its owner hosts it when signed in: no key needed)."""
+    from django.contrib.auth.views import redirect_to_login
+    from django.db.models import Q
+
+    from signaling.rules import Kind
+    from signaling.services import create_meeting
+
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    if not _is_staff(request.user):
+        return HttpResponseForbidden(_("Only municipal staff can start meetings."))
+    kinds = dict(Meeting.KIND_CHOICES)
+    error = None
+    title = ""
+    kind = Kind.CONSULTATION.value
+    if request.method == "POST":
+        title = " ".join(request.POST.get("title", "").split())
+        kind = request.POST.get("kind", "")
+        if kind not in kinds:
+            error = _("Choose the kind of meeting.")
+        elif not title or len(title) > 200:
+            error = _("Give the meeting a title (at most 200 characters).")
+        else:
+            meeting, _key = create_meeting(Kind(kind), title, owner=request.user)
+            return redirect(f"{request.path}?created={meeting.code}")
+    elif request.method != "GET":
+        return HttpResponse(status=405)
+    user = request.user
+    meetings = (
+        Meeting.objects.filter(Q(owner=user) | Q(moderators=user) | Q(invited=user))
+        .distinct()
+        .order_by("ended_at", "-created_at")[:50]
+    )
+    rows = [
+        {
+            "meeting": m,
+            "guest_link": request.build_absolute_uri(f"/meet/{m.code}/"),
+            "hosts": m.owner_id == user.pk,
+        }
+        for m in meetings
+    ]
+    return render(
+        request,
+        "signaling/my_meetings.html",
+        {
+            "rows": rows,
+            "kinds": kinds.items(),
+            "kind": kind,
+            "title": title,
+            "error": error,
+            "created": request.GET.get("created"),
+        },
+        status=400 if error else 200,
+    )

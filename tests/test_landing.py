@@ -11,7 +11,7 @@ pytestmark = pytest.mark.django_db
 
 # Every link the landing page may carry. The modules do not exist yet, so no
 # card may link anywhere (we never point residents at a feature that is not there).
-ALLOWED_LINKS = {"#main", "/", "/admin/", "/healthz"}
+ALLOWED_LINKS = {"#main", "/", "/admin/", "/healthz", "/meet/", "/accounts/login/?next=/"}
 
 
 class PageOutline(HTMLParser):
@@ -118,13 +118,43 @@ def test_headings_have_one_h1_and_no_skipped_levels(client):
         assert current <= previous + 1, headings
 
 
-def test_every_module_card_is_marked_in_preparation_and_links_nowhere(client):
-    outline = outline_of(client.get("/"))
+def test_meetings_are_available_and_the_other_modules_in_preparation_link_nowhere(client):
+    response = client.get("/")
+    outline = outline_of(response)
+    page = response.content.decode()
 
     assert outline.cards == 4
     assert outline.badges == 4
-    assert outline.card_links == 0
+    assert page.count("W przygotowaniu") == 3
+    assert page.count('<span class="badge badge--available">Dostępne</span>') == 1
+    # The one link inside a card: the meetings' page for staff.
+    assert outline.card_links == 1
+    assert 'href="/meet/"' in page
     assert set(outline.links) <= ALLOWED_LINKS, outline.links
+
+
+@pytest.mark.django_db
+def test_sign_in_and_out_from_the_header(client):
+    from django.contrib.auth import get_user_model
+
+    get_user_model().objects.create_user(
+        "urzedniczka", password="haslo-testowe-1", first_name="Ewa"
+    )
+    page = client.get("/").content.decode()
+    assert 'href="/accounts/login/?next=/"' in page and "Zaloguj się" in page
+    form = client.get("/accounts/login/?next=/meet/")
+    assert form.status_code == 200 and 'autocomplete="current-password"' in form.content.decode()
+    wrong = client.post("/accounts/login/", {"username": "urzedniczka", "password": "zle"})
+    assert wrong.status_code == 200 and "nieprawidłowe" in wrong.content.decode()
+    ok = client.post(
+        "/accounts/login/",
+        {"username": "urzedniczka", "password": "haslo-testowe-1", "next": "/meet/"},
+    )
+    assert ok.status_code == 302 and ok["Location"] == "/meet/"
+    page = client.get("/").content.decode()
+    assert "Ewa" in page and "Wyloguj" in page
+    assert client.post("/accounts/logout/").status_code == 302
+    assert "Zaloguj się" in client.get("/").content.decode()
 
 
 def test_site_css_is_served_by_whitenoise(client):

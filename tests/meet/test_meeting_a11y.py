@@ -87,3 +87,35 @@ async def test_a_guest_joins_by_keyboard_alone(meeting_site):
         pytest.fail("the leave button is not reachable with Tab")
     await page.keyboard.press("Enter")
     await page.wait_for_selector("#ended-view:not([hidden])")
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("language", ["pl", "en"])
+async def test_sign_in_and_my_meetings_have_no_wcag_21_aa_violations(meeting_site, language):
+    from tests.meet.helpers import make_user
+
+    def clerk():
+        user = make_user(f"urzednik-{language}", "clerk", first_name="Piotr")
+        user.set_password("haslo-testowe-1")
+        user.save()
+
+    await database_sync_to_async(clerk)()
+    browser, url = meeting_site
+    base = url.split("/meet/")[0]
+    reports = []
+    for size in SIZES:
+        page = await open_meeting(browser, f"{base}/meet/", language, size)
+        assert "/accounts/login/" in page.url
+        if violations := await axe_violations(page):
+            reports.append(axe_report(f"sign in, {language}, {size}", violations))
+        await page.fill("#id_username", f"urzednik-{language}")
+        await page.fill("#id_password", "haslo-testowe-1")
+        await page.press("#id_password", "Enter")
+        await page.wait_for_url(f"{base}/meet/")
+        await page.fill("#new-title", "Konsultacje")
+        await page.click("form.form button[type=submit]")
+        await page.wait_for_selector(".meetings__item--new")
+        if violations := await axe_violations(page):
+            reports.append(axe_report(f"my meetings, {language}, {size}", violations))
+        await page.context.close()
+    assert not reports, "\n\n".join(reports)

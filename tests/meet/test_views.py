@@ -232,3 +232,64 @@ def test_meeting_codes_are_random_and_long():
     assert set(letters) <= set(CODE_ALPHABET)
     # Every letter of the alphabet turns up (2400 draws): no narrow generator.
     assert set(letters) == set(CODE_ALPHABET)
+
+
+# --- My meetings (staff) -------------------------------------------------------------
+
+
+def test_my_meetings_needs_a_signed_in_staff_member():
+    response = Client().get("/meet/")
+    assert response.status_code == 302 and response["Location"].startswith("/accounts/login/")
+    resident = Client()
+    resident.force_login(make_user("mieszkaniec1", "resident"))
+    assert resident.get("/meet/").status_code == 403
+    assert resident.post("/meet/", {"kind": "consultation", "title": "X"}).status_code == 403
+    assert Meeting.objects.count() == 0
+
+
+def test_a_clerk_creates_a_meeting_and_gets_the_link_to_send():
+    clerk = make_user("urzedniczka2", "clerk")
+    client = Client()
+    client.force_login(clerk)
+    response = client.post("/meet/", {"kind": "consultation", "title": "  Podatki   lokalne "})
+    assert response.status_code == 302
+    meeting = Meeting.objects.get()
+    assert meeting.owner == clerk and meeting.title == "Podatki lokalne"
+    assert response["Location"] == f"/meet/?created={meeting.code}"
+    page = client.get(response["Location"]).content.decode()
+    assert f"http://testserver/meet/{meeting.code}/" in page  # the link to send
+    assert "utworzono" in page
+    # The owner hosts without a key: the meeting page offers the records.
+    assert (
+        f"/meet/{meeting.code}/records/chat.csv"
+        in client.get(f"/meet/{meeting.code}/").content.decode()
+    )
+
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        {"kind": "consultation", "title": " "},
+        {"kind": "party", "title": "X"},
+        {"kind": "briefing", "title": "x" * 201},
+    ],
+)
+def test_my_meetings_refuses_bad_input_and_creates_nothing(form):
+    client = Client()
+    client.force_login(make_user("urzednik3", "clerk"))
+    response = client.post("/meet/", form)
+    assert response.status_code == 400
+    assert 'role="alert"' in response.content.decode()
+    assert Meeting.objects.count() == 0
+
+
+def test_my_meetings_lists_only_ones_own_and_moderated_meetings():
+    me, other = make_user("ja", "clerk"), make_user("inny", "clerk")
+    mine, _ = create_meeting(Kind.CONSULTATION, "Moje", owner=me)
+    moderated, _ = create_meeting(Kind.PUBLIC, "Moderuję", owner=other)
+    moderated.moderators.add(me)
+    create_meeting(Kind.BRIEFING, "Cudze", owner=other)
+    client = Client()
+    client.force_login(me)
+    page = client.get("/meet/").content.decode()
+    assert "Moje" in page and "Moderuję" in page and "Cudze" not in page

@@ -24,9 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--kind", required=True, choices=[k.value for k in Kind])
         parser.add_argument("--title", required=True)
         parser.add_argument("--owner", help="username of the account that owns (hosts) it")
-        parser.add_argument(
-            "--moderator", action="append", default=[], help="username; may repeat"
-        )
+        parser.add_argument("--moderator", action="append", default=[], help="username; may repeat")
         parser.add_argument(
             "--invite",
             action="append",
