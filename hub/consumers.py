@@ -14,6 +14,7 @@ import secrets
 import time
 from collections.abc import Collection
 
+from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 
@@ -85,6 +86,17 @@ class EnvelopeConsumer(AsyncWebsocketConsumer):
     def allowed_topics(self) -> list[str]:
         """Topic patterns this connection may join without a grant; override."""
         return []
+
+    async def dispatch(self, message):
+        # Channels runs close_old_connections() in the database thread before
+        # every message (AsyncConsumer.dispatch); that makes each relayed
+        # frame wait behind the process's database work. The consumers here
+        # reach the database only through database_sync_to_async, which does
+        # the same around each call, so the hop per message is skipped.
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
 
     def session_limits(self) -> SessionLimits:
         """The limits of this endpoint's connections; override to change one."""

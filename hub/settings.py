@@ -139,7 +139,9 @@ if REDIS_URL:
                     }
                 ],
                 "prefix": f"{REDIS_PREFIX}:asgi",
-                "capacity": env_int("CHANNEL_CAPACITY", 500, minimum=10),
+                # channels_redis keeps ONE queue per process for all its
+                # sockets: a busy process holds many messages at once.
+                "capacity": env_int("CHANNEL_CAPACITY", 10000, minimum=10),
                 "expiry": 60,
             },
         }
@@ -199,6 +201,9 @@ MEETINGS = {
     # Messages per second on a meeting socket (ICE candidates come in bursts).
     "RATE_PER_SECOND": env_float("MEET_RATE_PER_SECOND", 30.0, minimum=1.0),
     "RATE_BURST": env_int("MEET_RATE_BURST", 120, minimum=10),
+    # How often a socket compares its copy of the room with the stored one
+    # (a lost update is caught up within this many seconds).
+    "RESYNC_SECONDS": env_float("MEET_RESYNC_SECONDS", 10.0, minimum=0.05),
 }
 # Links printed by create_meeting and shown to hosts start with this.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

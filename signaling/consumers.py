@@ -15,6 +15,7 @@ from dataclasses import replace
 
 import msgspec
 from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull
 from django.conf import settings
 from django.core import signing
 from django.utils import translation
@@ -85,6 +86,7 @@ REASONS = {
     "join_first": _("Join the meeting first."),
     "already_joined": _("This connection has already joined."),
     "peer_unavailable": _("That participant is not connected."),
+    "relay_busy": _("The server is busy; the message will be sent again."),
     "one_payload": _("Send either a description or a candidate."),
     "description_type": _("A description must be an offer or an answer."),
     "sdp_too_large": _("The session description is larger than %(limit)s bytes."),
@@ -227,21 +229,42 @@ class MeetConsumer(EnvelopeConsumer):
         import asyncio
 
         async def renew_forever():
+            # Every RESYNC seconds: compare our copy of the room with the stored
+            # one and catch up (the channel layer drops group messages when a
+            # process's queue is full, and can lose one when another socket of
+            # the process closes mid-receive: django/channels_redis#366). Every
+            # heartbeat: renew the lease (a write).
+            interval = self.limits.heartbeat_interval
+            resync = min(settings.MEETINGS["RESYNC_SECONDS"], interval)
+            since_renewal = 0.0
             while True:
-                await asyncio.sleep(self.limits.heartbeat_interval)
+                await asyncio.sleep(resync)
+                since_renewal += resync
                 if self.pid is None:
                     continue
                 pid = self.pid
                 try:
-                    await self._change(
-                        lambda room, pid=pid: rules.renew(
-                            room,
-                            pid,
-                            self.channel_name,
-                            now=self._now(),
-                            limits=self.limits_rules,
+                    if since_renewal >= interval:
+                        since_renewal = 0.0
+                        changed = await self._change(
+                            lambda room, pid=pid: rules.renew(
+                                room,
+                                pid,
+                                self.channel_name,
+                                now=self._now(),
+                                limits=self.limits_rules,
+                            )
                         )
-                    )
+                        stored = changed.room
+                    else:
+                        meeting = await services.find_meeting(self.code)
+                        stored = meeting.room() if meeting is not None else None
+                    if stored is not None and self.room is not None:
+                        if stored.version > self.room.version:
+                            log.info("meeting %s: %s caught up a lost update", self.code, pid)
+                            await self.meet_room(
+                                {"state": msgspec.to_builtins(stored), "events": []}
+                            )
                 except Exception:
                     log.warning("meeting %s: lease renewal failed", self.code, exc_info=True)
 
@@ -471,16 +494,20 @@ class MeetConsumer(EnvelopeConsumer):
             raise refusal("peer_unavailable", ErrorCode.NOT_FOUND)
         if me.role is Role.VIEWER and target.role is Role.VIEWER:
             raise refusal("not_allowed")
-        await self.channel_layer.send(
-            target.channel,
-            {
-                "type": "meet.signal",
-                "from": self.pid,
-                "to": target.pid,
-                "description": msgspec.to_builtins(message.description),
-                "candidate": msgspec.to_builtins(message.candidate),
-            },
-        )
+        try:
+            await self.channel_layer.send(
+                target.channel,
+                {
+                    "type": "meet.signal",
+                    "from": self.pid,
+                    "to": target.pid,
+                    "description": msgspec.to_builtins(message.description),
+                    "candidate": msgspec.to_builtins(message.candidate),
+                },
+            )
+        except ChannelFull:
+            # The other process's queue is full: say so; the page sends again.
+            raise refusal("relay_busy", ErrorCode.RATE_LIMITED) from None
         return p.Ok() if message.id else None
 
     def _allowed(self, me: rules.Participant, action: Action) -> None:

@@ -341,7 +341,8 @@ def join(room: Room, claim: Claim, *, channel: str, instance: str, now: float, l
         name=claim.name,
         role=role,
         status=Status.QUEUED if queued else Status.ADMITTED,
-        ticket=room.next_ticket,
+        # Numbers go to those who wait, like the ticket machine in the office.
+        ticket=room.next_ticket if queued else 0,
         joined_at=now,
         queued_at=now if queued else None,
         admitted_at=None if queued else now,
@@ -350,7 +351,8 @@ def join(room: Room, claim: Claim, *, channel: str, instance: str, now: float, l
         instance=instance,
         returning=returning,
     )
-    room.next_ticket += 1
+    if queued:
+        room.next_ticket += 1
     room.participants[pid] = participant
     events = [Event("joined", pid, claim.name, detail={"role": role.value})]
     events.append(Event("queued" if queued else "admitted", pid, claim.name))

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import contextlib
 import secrets
+import time
 
 import pytest
 from asgiref.sync import sync_to_async
+from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings as django_settings
 from django.utils import translation
@@ -774,3 +776,31 @@ async def test_the_log_and_the_chat_are_kept(connect):
         (host_name, "host", "Witam", "published"),
     ]
     assert chat[0]["pid"] == pid
+
+
+async def test_a_lost_room_update_is_caught_up_from_the_database(connect, settings):
+    """The channel layer may drop a group message (a full queue) or lose one
+    (a socket of the same process closing mid-receive); each socket compares
+    its copy of the room with the stored one every MEETINGS["RESYNC_SECONDS"]."""
+    from signaling import rules, services
+
+    settings.MEETINGS = {**settings.MEETINGS, "RESYNC_SECONDS": 0.2}
+    m = await meet(connect)
+    guest, guest_pid = await m.guest()
+    await m.quiet(m.host, guest)
+    # The host's admission is stored, but nobody is told (as if the message was lost).
+    await database_sync_to_async(services.change_room_sync)(
+        m.code,
+        lambda room: rules.act(
+            room,
+            m.host_pid,
+            rules.Action.ADMIT,
+            now=time.time(),
+            limits=services.limits(),
+            target=guest_pid,
+        ),
+        now=time.time(),
+    )
+    frame = await guest.until("room", timeout=3)
+    assert frame["room"]["status"] == "admitted"
+    assert (await m.host.until("room", timeout=3))["room"]["participants"][-1]["pid"] == guest_pid

@@ -402,11 +402,7 @@ function openLink(other) {
     pid: other.pid,
     polite: other.polite,
     iceServers: meeting.iceServers,
-    send: (payload) => {
-      meeting.hub.request({ type: "signal", to: other.pid, ...payload }).catch((failure) => {
-        console.warn("signal not relayed", failure.code, failure.message);
-      });
-    },
+    send: signalSender(other.pid),
     onStream: (stream) => {
       const entry = meeting.links.get(other.pid);
       const video = entry?.tile?.querySelector("video");
@@ -420,6 +416,39 @@ function openLink(other) {
   });
   meeting.links.set(other.pid, { link, instance: other.instance, tile: null });
   return link;
+}
+
+// Sends one peer's negotiation in order. When the server is busy (its queue
+// towards the other participant's server is full: rate_limited) the message
+// is sent again after a pause, and the ones after it wait: an answer must not
+// overtake its offer.
+function signalSender(pid) {
+  const queue = [];
+  let sending = false;
+  async function drain() {
+    if (sending) return;
+    sending = true;
+    while (queue.length && !meeting.over) {
+      const entry = queue[0];
+      try {
+        await meeting.hub.request({ type: "signal", to: pid, ...entry.payload });
+        queue.shift();
+      } catch (failure) {
+        entry.attempt += 1;
+        if (failure.code !== "rate_limited" || entry.attempt > 6) {
+          console.warn("signal not relayed", failure.code, failure.message);
+          queue.shift();
+          continue;
+        }
+        await new Promise((resolve) => setTimeout(resolve, 150 * 2 ** entry.attempt));
+      }
+    }
+    sending = false;
+  }
+  return (payload) => {
+    queue.push({ payload, attempt: 0 });
+    drain();
+  };
 }
 
 function onSignal(message) {
