@@ -171,6 +171,9 @@ def main(argv: list[str]) -> int:
         # Every key of this run under its own prefix; the suite deletes them at the end.
         # Always a fresh one: an exported REDIS_PREFIX may be a real hub's.
         env["REDIS_PREFIX"] = f"egmina-test-{secrets.token_hex(4)}"
+        # pytest-django drops the test database at the end: connections kept
+        # open by the test process's database threads would block that.
+        env.setdefault("DATABASE_CONN_MAX_AGE", "0")
         print(
             f"test services: Redis {redis_url}, PostgreSQL {db_url}, "
             f"key prefix {env['REDIS_PREFIX']}",
