@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
 from conftest import FAKE_MEDIA_ARGS, headless_chromium, url_of_test_database
+from test_accessibility import OVERFLOW, axe_report, axe_violations
 
 from signaling.rules import Kind
 
@@ -178,6 +179,16 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         for page in (clerk, resident):
             await wait_for(page, SETTLED_AFTER_GLARE)
             await wait_for(page, REMOTE_VIDEO_PLAYS)
+
+        # The meeting view itself (grid, controls, panels, the host's queue panel)
+        # meets WCAG 2.1 AA, on both sides.
+        for page, who in ((clerk, "clerk"), (resident, "resident")):
+            violations = await axe_violations(page)
+            assert not violations, axe_report(f"meeting view of the {who}", violations)
+        # On a phone held upright nothing sticks out to the right (WCAG 1.4.10).
+        await resident.set_viewport_size({"width": 320, "height": 700})
+        layout = await resident.evaluate(OVERFLOW)
+        assert layout["scrollWidth"] <= 320 and not layout["out"], layout
 
         # Chat both ways; markup arrives as text.
         await resident.fill("#chat-input", "Dzień dobry <b>pani</b>")

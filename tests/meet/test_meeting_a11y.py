@@ -119,3 +119,29 @@ async def test_sign_in_and_my_meetings_have_no_wcag_21_aa_violations(meeting_sit
             reports.append(axe_report(f"my meetings, {language}, {size}", violations))
         await page.context.close()
     assert not reports, "\n\n".join(reports)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_the_meeting_page_reflows_at_320_px_and_200_percent_text(meeting_site):
+    """WCAG 1.4.10 and 1.4.4 on the pre-join page and in the queue: a phone
+    held upright, and large text; nothing sticks out to the right."""
+    from test_accessibility import OVERFLOW
+
+    browser, url = meeting_site
+    failures = []
+    for width, font_size in ((320, None), (640, "200%")):
+        context = await browser.new_context(viewport={"width": width, "height": 800})
+        page = await context.new_page()
+        await page.goto(f"{url}?name=Jan")
+        await page.wait_for_function("document.querySelector('#camera-select').options.length")
+        if font_size:
+            await page.evaluate("s => { document.documentElement.style.fontSize = s; }", font_size)
+        for state in ("prejoin", "queue"):
+            if state == "queue":
+                await page.click("#join-button")
+                await page.wait_for_selector("#queue-view:not([hidden])")
+            layout = await page.evaluate(OVERFLOW)
+            if layout["scrollWidth"] > width or layout["out"]:
+                failures.append(f"{state} at {width} px, root font {font_size}: {layout}")
+        await context.close()
+    assert failures == [], "\n".join(failures)
