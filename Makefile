@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint format bench-fanout messages clean
+.PHONY: run test install lint format bench-fanout bench-meet-signaling bench-meet-join messages clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed: install python3.11 (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -41,6 +41,14 @@ format: install
 ## make bench-fanout: broadcast path vs naive channels_redis group_send (bench/fanout.py)
 bench-fanout: install
 	$(PY) -m bench.fanout $(BENCH_ARGS)
+
+## make bench-meet-signaling: meeting signaling capacity, simulated participants in 100 rooms (bench/meet_signaling.py)
+bench-meet-signaling: install
+	$(PY) -m bench.meet_signaling $(BENCH_ARGS)
+
+## make bench-meet-join: join time of a meeting in two headless Chromium browsers (bench/meet_join.py)
+bench-meet-join: install
+	$(PY) -m bench.meet_join $(BENCH_ARGS)
 
 ## make messages: refresh and compile the Polish translations
 messages: install

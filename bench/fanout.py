@@ -36,47 +36,45 @@ import asyncio
 import base64
 import collections
 import contextlib
-import datetime
 import hashlib
 import json
-import multiprocessing
 import os
 import platform
-import resource
-import secrets
-import signal
-import socket
-import subprocess
 import sys
 import threading
 import time
-import urllib.request
-from multiprocessing.connection import wait as mp_wait
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv").exists() else sys.executable
-DAPHNE = str(Path(PYTHON).parent / "daphne")
-RESULTS_DIR = ROOT / "bench" / "results"
+from bench.common import (
+    DAPHNE,
+    HOST,
+    ORIGIN,
+    PYTHON,
+    ChildProcesses,
+    CpuMeter,
+    Invocation,
+    ServerProcesses,
+    add_server_options,
+    child_setup,
+    cpu_self,
+    failure_noted,
+    http_ok,
+    machine_line,
+    ms,
+    percentile,
+    raise_nofile,
+    redis_local_pid,
+    run_loop,
+    server_env,
+    side_by_side,
+    stop_on_signals,
+    tcp_open,
+)
 
 TOPIC = "public.bench"
 GROUP = "bench"
-ORIGIN = "http://127.0.0.1"
-HOST = "127.0.0.1"
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUBSCRIBE = json.dumps({"type": "subscribe", "id": "s", "topics": [TOPIC]}).encode()
-
-
-def raise_nofile() -> int:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-
-
-def cpu_self() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 # =====================================================================================
@@ -488,160 +486,31 @@ async def worker_main(conn, spec: dict) -> None:
 
 
 def worker_entry(conn, spec: dict) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when we stop
-    raise_nofile()
-    try:
-        import uvloop
-
-        uvloop.run(worker_main(conn, spec))
-    except ImportError:
-        asyncio.run(worker_main(conn, spec))
+    child_setup()
+    run_loop(worker_main, conn, spec)
 
 
 # =====================================================================================
-# Servers, publishers, /proc
+# Servers, publishers
 # =====================================================================================
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def proc_rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return 0
-
-
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_cpu(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def redis_cpu(pid: int | None) -> float | None:
-    """CPU seconds of the Redis server, when it runs on this machine."""
-    if pid is None:
-        return None
-    try:
-        return proc_cpu(pid)
-    except OSError:
-        return None
-
-
-def redis_local_pid(redis_url: str) -> int | None:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    try:
-        pid = int(client.info("server")["process_id"])
-    finally:
-        client.close()
-    host = client.connection_pool.connection_kwargs.get("host", "")
-    if host in ("127.0.0.1", "localhost", "::1") and os.path.exists(f"/proc/{pid}/stat"):
-        return pid
-    return None
-
-
-def _round(value: float | None, digits: int) -> float | None:
-    return None if value is None else round(value, digits)
-
-
-def machine_cpu() -> tuple[int, int, int]:
-    """``(busy, interrupts, total)`` jiffies of the whole machine (/proc/stat).
-
-    ``interrupts`` (irq + softirq) is mostly the loopback TCP stack, which the
-    kernel does not charge to any process.
-    """
-    with open("/proc/stat") as f:
-        values = [int(v) for v in f.readline().split()[1:8]]
-    user, nice, system, _idle, _iowait, irq, softirq = values
-    return user + nice + system + irq + softirq, irq + softirq, sum(values)
-
-
-class Servers:
+class Servers(ServerProcesses):
     """Two (or more) server processes of one kind; killed in ``stop``."""
 
     def __init__(self, kind: str, count: int, env: dict, log_dir: Path):
+        super().__init__(f"{kind} server")
         self.kind = kind
-        self.procs: list[subprocess.Popen] = []
-        self.ports: list[int] = []
-        self.logs: list[Path] = []
         for _ in range(count):
-            port = free_port()
-            if kind == "hub":
-                cmd = [PYTHON, "manage.py", "broadcast_server", "--host", HOST, "--port", str(port)]
-            else:
-                cmd = [DAPHNE, "-b", HOST, "-p", str(port), "bench.naive_app:application"]
-            log = log_dir / f"{kind}-{port}.log"
-            self.logs.append(log)
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    cmd,
-                    cwd=ROOT,
-                    env=env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,  # Ctrl-C reaches us; we stop them
-                )
-            self.procs.append(proc)
-            self.ports.append(port)
+            self.start(env, log_dir, kind, self.command)
 
-    def wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        for proc, port, log in zip(self.procs, self.ports, self.logs, strict=True):
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.kind} server on {port} exited:\n{log.read_text()[-2000:]}"
-                    )
-                if self._probe(port):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{self.kind} server on {port} did not start")
-                time.sleep(0.1)
-
-    def _probe(self, port: int) -> bool:
+    def command(self, port: int) -> list[str]:
         if self.kind == "hub":
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/healthz", timeout=1) as r:
-                    return r.status == 200
-            except OSError:
-                return False
-        with contextlib.suppress(OSError), socket.create_connection((HOST, port), timeout=1):
-            return True
-        return False
+            return [PYTHON, "manage.py", "broadcast_server", "--host", HOST, "--port", str(port)]
+        return [DAPHNE, "-b", HOST, "-p", str(port), "bench.naive_app:application"]
 
-    def rss_kib(self) -> int:
-        return sum(proc_rss_kib(p.pid) for p in self.procs if p.poll() is None)
-
-    def cpu(self) -> float:
-        return sum(proc_cpu(p.pid) for p in self.procs if p.poll() is None)
-
-    def alive(self) -> int:
-        return sum(p.poll() is None for p in self.procs)
-
-    def stop(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 5
-        for proc in self.procs:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                proc.wait()
+    def ready(self, port: int) -> bool:
+        return http_ok(port) if self.kind == "hub" else tcp_open(port)
 
 
 async def _paced(events: int, rate: float, send) -> list[tuple[float, float]]:
@@ -700,113 +569,37 @@ async def publish_naive(redis_url: str, prefix: str, events: int, rate: float):
         await layer.close_pools()
 
 
-def delete_prefix(redis_url: str, prefix: str) -> int:
-    import redis
-
-    client = redis.Redis.from_url(redis_url)
-    deleted = 0
-    try:
-        batch = []
-        for key in client.scan_iter(match=f"{prefix}*", count=1000):
-            batch.append(key)
-            if len(batch) >= 500:
-                deleted += client.delete(*batch)
-                batch.clear()
-        if batch:
-            deleted += client.delete(*batch)
-    finally:
-        client.close()
-    return deleted
-
-
 # =====================================================================================
 # One run: one kind of server, one N
 # =====================================================================================
 
 
-def percentile(sorted_values, q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, max(0, round(q / 100 * (len(sorted_values) - 1))))
-    return sorted_values[index]
+class Workers(ChildProcesses):
+    """The client processes (``worker_entry``), all on the same ``spec``."""
 
-
-class Workers:
     def __init__(self, procs: int, spec: dict):
-        ctx = multiprocessing.get_context("spawn")
-        self.conns = []
-        self.procs = []
-        for _ in range(procs):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=worker_entry, args=(child, spec), daemon=True)
-            proc.start()
-            child.close()
-            self.conns.append(parent)
-            self.procs.append(proc)
-
-    def send_all(self, message) -> None:
-        for conn in self.conns:
-            with contextlib.suppress(OSError, BrokenPipeError):
-                conn.send(message)
-
-    def gather(self, kind: str, timeout: float) -> list:
-        """One ``kind`` message from every worker, or raise after ``timeout``."""
-        deadline = time.monotonic() + timeout
-        replies: dict[int, object] = {}
-        while len(replies) < len(self.conns):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TimeoutError(f"workers did not answer {kind!r} in {timeout:.0f} s")
-            pending = [c for i, c in enumerate(self.conns) if i not in replies]
-            for conn in mp_wait(pending, timeout=left):
-                index = self.conns.index(conn)
-                try:
-                    message = conn.recv()
-                except EOFError as exc:
-                    raise RuntimeError(f"client worker {index} died") from exc
-                if message[0] != kind:
-                    raise RuntimeError(f"worker {index}: expected {kind!r}, got {message[0]!r}")
-                replies[index] = message[1] if len(message) > 1 else None
-        return [replies[i] for i in range(len(self.conns))]
+        super().__init__(worker_entry, [spec] * procs, noun="client worker", nouns="workers")
 
     def stop(self) -> None:
         self.send_all(("close",))
         with contextlib.suppress(Exception):
             self.gather("closed", 15)
-        for proc in self.procs:
-            proc.join(timeout=3)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+        super().stop(timeout=3)
 
 
 def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
     label = f"{kind} N={n}"
     prefix = f"{base_prefix}:{kind}{n}"
-    env = dict(os.environ)
-    env.update(
-        REDIS_URL=args.redis_url,
-        HUB_ENV="development",
-        WS_MAX_CONNECTIONS_PER_IP="100000",
-        LOG_LEVEL="WARNING",
-        PYTHONUNBUFFERED="1",
-    )
-    for item in args.server_env or ():
-        name, _, value = item.partition("=")
-        env[name] = value
-    if kind == "hub":
-        env.update(REDIS_PREFIX=prefix, DJANGO_SETTINGS_MODULE="hub.settings")
-    else:
-        env.update(
-            REDIS_PREFIX=prefix,
-            BENCH_CHANNELS_PREFIX=prefix,
-            DJANGO_SETTINGS_MODULE="bench.naive_settings",
-        )
+    env = server_env(args.redis_url, prefix, args.server_env)
+    # After --server-env: the prefix and the settings are the benchmark's.
+    env.update(REDIS_PREFIX=prefix, DJANGO_SETTINGS_MODULE="hub.settings")
+    if kind == "naive":
+        env.update(BENCH_CHANNELS_PREFIX=prefix, DJANGO_SETTINGS_MODULE="bench.naive_settings")
     result: dict = {"kind": kind, "n": n, "redis_prefix": prefix}
-    redis_pid = redis_local_pid(args.redis_url)
-    servers = workers = None
-    try:
+    meter = CpuMeter(redis_local_pid(args.redis_url))
+    with contextlib.ExitStack() as stack, failure_noted(result, label):
         servers = Servers(kind, args.servers, env, log_dir)
+        stack.callback(servers.stop)
         servers.wait_ready()
         result["rss_idle_kib"] = servers.rss_kib()
         spec = {
@@ -819,6 +612,7 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
             "connect_budget": args.connect_budget,
         }
         workers = Workers(args.procs, spec)
+        stack.callback(workers.stop)
         workers.gather("hello", 60)
         # Client i goes to server i % servers (round robin, like least_conn on
         # equal servers); worker w takes clients w, w + procs, ...
@@ -845,8 +639,8 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
             subscribed=subscribed,
             connect_failures=n - subscribed,
             connect_failure_reasons=dict(failures),
-            connect_p50_ms=_ms(percentile(per_client, 50)),
-            connect_p99_ms=_ms(percentile(per_client, 99)),
+            connect_p50_ms=ms(percentile(per_client, 50)),
+            connect_p99_ms=ms(percentile(per_client, 99)),
             client_cpu_connect_s=round(sum(r["cpu"] for r in ready), 2),
             server_cpu_connect_s=round(servers.cpu() - cpu_servers0, 2),
             rss_after_connect_kib=servers.rss_kib(),
@@ -861,15 +655,13 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
 
         workers.send_all(("go",))
         cpu_servers1 = servers.cpu()
-        busy0, irq0, total0 = machine_cpu()
-        redis_cpu0 = redis_cpu(redis_pid)
-        parent_cpu0 = cpu_self()
+        meter.start()
         publish = publish_hub if kind == "hub" else publish_naive
         spans = asyncio.run(publish(args.redis_url, prefix, args.events, args.rate))
         last_publish = spans[-1][1]
         workers.send_all(("drain", last_publish + args.drain))
         results = workers.gather("result", args.drain + 60)
-        busy1, irq1, total1 = machine_cpu()
+        meter.stop()
         finished = max(r["finished"] for r in results)
         latencies = array.array("d")
         event_ids = array.array("B")
@@ -888,9 +680,9 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
                     "published": round(spans[i][0] - spans[0][0], 3),
                     "published_at": round(spans[i][0], 3),
                     "delivered": len(values),
-                    "p50_ms": _ms(percentile(values, 50)),
-                    "p99_ms": _ms(percentile(values, 99)),
-                    "max_ms": _ms(values[-1] if values else None),
+                    "p50_ms": ms(percentile(values, 50)),
+                    "p99_ms": ms(percentile(values, 99)),
+                    "max_ms": ms(values[-1] if values else None),
                 }
             )
         latencies = sorted(latencies)
@@ -902,8 +694,8 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
             received_hist.update({int(k): v for k, v in r["received_hist"].items()})
             close_codes.update(r["close_codes"])
         result.update(
-            publish_call_ms_p50=_ms(percentile(sorted(e - s for s, e in spans), 50)),
-            publish_call_ms_max=_ms(max(e - s for s, e in spans)),
+            publish_call_ms_p50=ms(percentile(sorted(e - s for s, e in spans), 50)),
+            publish_call_ms_max=ms(max(e - s for s, e in spans)),
             publish_span_s=round(last_publish - spans[0][0], 3),
             delivered=len(latencies),
             lost=lost,
@@ -914,35 +706,27 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
             disconnects=sum(r["disconnects"] for r in results),
             close_codes=dict(close_codes),
             received_per_client=dict(sorted(received_hist.items())),
-            p50_ms=_ms(percentile(latencies, 50)),
-            p90_ms=_ms(percentile(latencies, 90)),
-            p99_ms=_ms(percentile(latencies, 99)),
-            max_ms=_ms(latencies[-1] if latencies else None),
+            p50_ms=ms(percentile(latencies, 50)),
+            p90_ms=ms(percentile(latencies, 90)),
+            p99_ms=ms(percentile(latencies, 99)),
+            max_ms=ms(latencies[-1] if latencies else None),
             drain_s=round(finished - last_publish, 3),
             client_cpu_delivery_s=round(sum(r["cpu"] for r in results), 2),
             server_cpu_delivery_s=round(servers.cpu() - cpu_servers1, 2),
-            machine_busy_pct=round(100 * (busy1 - busy0) / max(1, total1 - total0), 1),
+            machine_busy_pct=meter.busy_pct,
             rss_end_kib=servers.rss_kib(),
             servers_alive=servers.alive(),
-            redis_cpu_delivery_s=(
-                None if redis_cpu0 is None else _round(redis_cpu(redis_pid) - redis_cpu0, 2)
-            ),
+            redis_cpu_delivery_s=meter.redis_s,
             per_event=events_table,
         )
-        result["kernel_irq_cpu_delivery_s"] = round((irq1 - irq0) / CLK_TCK, 2)
-        result["other_cpu_delivery_s"] = _round(
-            (busy1 - busy0 - irq1 + irq0) / CLK_TCK
-            - result["server_cpu_delivery_s"]
-            - result["client_cpu_delivery_s"]
-            - (result["redis_cpu_delivery_s"] or 0)
-            - (cpu_self() - parent_cpu0),
-            2,
+        result["kernel_irq_cpu_delivery_s"] = meter.irq_s
+        result["other_cpu_delivery_s"] = meter.other_s(
+            result["server_cpu_delivery_s"], result["client_cpu_delivery_s"]
         )
         # The delivery window is long for a run that drains for --drain seconds:
         # "other" as average busy cores compares across runs.
-        window = (total1 - total0) / CLK_TCK / (os.cpu_count() or 1)
-        result["delivery_window_s"] = round(window, 2)
-        result["other_cores_delivery"] = round(result["other_cpu_delivery_s"] / window, 2)
+        result["delivery_window_s"] = round(meter.window, 2)
+        result["other_cores_delivery"] = meter.cores(result["other_cpu_delivery_s"])
         if args.verbose:
             for row in events_table:
                 print(f"    event {row}", flush=True)
@@ -951,19 +735,7 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
             f"max {result['max_ms']} ms, lost {lost} ({result['lost_pct']}%)",
             flush=True,
         )
-    except Exception as exc:
-        result["error"] = f"{type(exc).__name__}: {exc}"
-        print(f"  [{label}] FAILED: {exc}", flush=True)
-    finally:
-        if workers is not None:
-            workers.stop()
-        if servers is not None:
-            servers.stop()
     return result
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
 
 
 # =====================================================================================
@@ -1004,19 +776,9 @@ def _mib(result: dict) -> None:
 
 def format_table(n: int, hub: dict | None, naive: dict | None) -> str:
     lines = [f"N = {n}"]
-    lines.append(f"  {'':32}{'hub':>12}{'naive':>12}{'naive/hub':>12}")
-    for label, key, fmt, ratio in ROWS:
-        cells = []
-        values = []
-        for result in (hub, naive):
-            value = None if result is None else result.get(key)
-            values.append(value)
-            cells.append("-" if value is None else fmt.format(value))
-        if ratio and all(isinstance(v, (int, float)) for v in values) and values[0]:
-            r = f"{values[1] / values[0]:.1f}x"
-        else:
-            r = ""
-        lines.append(f"  {label:32}{cells[0]:>12}{cells[1]:>12}{r:>12}")
+    lines += side_by_side(
+        ROWS, (hub, naive), ("hub", "naive", "naive/hub"), cell=12, ratio=12, ratio_format="{:.1f}x"
+    )
     for name, result in (("hub", hub), ("naive", naive)):
         if result and result.get("error"):
             lines.append(f"  {name} error: {result['error']}")
@@ -1043,15 +805,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-budget", type=float, default=180.0, help="connect phase, s")
     parser.add_argument("--settle", type=float, default=1.0, help="s between connect and publish")
     parser.add_argument("--client", choices=["raw", "websockets"], default="raw")
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/0"
-    )
-    parser.add_argument(
-        "--server-env",
-        action="extend",
-        nargs="+",
-        metavar="NAME=VALUE",
-        help="extra environment of the server processes (e.g. WS_HEARTBEAT_INTERVAL=4)",
+    add_server_options(
+        parser, "extra environment of the server processes (e.g. WS_HEARTBEAT_INTERVAL=4)"
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="print per-event latency")
     parser.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
@@ -1059,17 +814,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.events > 60:
         parser.error("--events: at most 60")
 
-    def on_term(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
+    stop_on_signals(sigint=False)
     nofile = raise_nofile()
-    started = datetime.datetime.now().astimezone()
-    stamp = started.strftime("%Y%m%d-%H%M%S")
-    base_prefix = f"bench-{secrets.token_hex(4)}"
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    log_dir = RESULTS_DIR / f"logs-{stamp}"
-    log_dir.mkdir(exist_ok=True)
+    run = Invocation(args, "fanout", "logs")
     machine = {
         "nproc": os.cpu_count(),
         "python": platform.python_version(),
@@ -1077,60 +824,42 @@ def main(argv: list[str] | None = None) -> int:
         "nofile": nofile,
     }
     header = (
-        f"bench.fanout  {started.isoformat(timespec='seconds')}\n"
-        f"machine: nproc={machine['nproc']}  python {machine['python']}  {machine['platform']}  "
-        f"RLIMIT_NOFILE={nofile}\n"
+        f"bench.fanout  {run.started.isoformat(timespec='seconds')}\n"
+        f"{machine_line(nofile)}\n"
         f"setup: {args.servers} server processes per kind, {args.procs} client processes "
         f"({args.client} client), {args.events} events at {args.rate:g}/s, drain {args.drain:g} s, "
-        f"redis {args.redis_url} prefix {base_prefix}"
+        f"redis {args.redis_url} prefix {run.prefix}"
         + (f"\nserver env: {' '.join(args.server_env)}" if args.server_env else "")
     )
     print(header, flush=True)
     runs: list[dict] = []
-    report = {
-        "started": started.isoformat(),
-        "machine": machine,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "redis_prefix": base_prefix,
-        "runs": runs,
-    }
-    out = args.out or RESULTS_DIR / f"fanout-{stamp}.json"
+    report = run.report(machine, redis_prefix=run.prefix, runs=runs)
     tables = []
-    interrupted = False
     by_kind: dict = {}
     n = 0
-    try:
+    with run.guard(report, catch=False):
         for n in args.n:
             by_kind = {}
             for kind in args.kinds:
                 print(f"\n== {kind}, N={n}", flush=True)
-                result = run_one(kind, n, args, base_prefix, log_dir)
+                result = run_one(kind, n, args, run.prefix, run.log_dir)
                 _mib(result)
                 runs.append(result)
                 by_kind[kind] = result
                 time.sleep(2)
             tables.append(format_table(n, by_kind.get("hub"), by_kind.get("naive")))
             by_kind = {}
-    except KeyboardInterrupt:
-        interrupted = True
-        print("\ninterrupted: stopping", flush=True)
-        if by_kind:  # the N in progress, with the kinds that finished
-            tables.append(format_table(n, by_kind.get("hub"), by_kind.get("naive")))
-    finally:
-        with contextlib.suppress(Exception):
-            report["redis_keys_deleted"] = delete_prefix(args.redis_url, base_prefix)
-        report["finished"] = datetime.datetime.now().astimezone().isoformat()
-        report["interrupted"] = interrupted
-        out.write_text(json.dumps(report, indent=2))
-    print("\n" + header + "\n")
-    print("\n\n".join(tables))
-    print(
+    if by_kind:  # interrupted: the N in progress, with the kinds that finished
+        tables.append(format_table(n, by_kind.get("hub"), by_kind.get("naive")))
+    run.print_summary(
+        report,
+        header,
+        "\n\n".join(tables),
         "\nlatency: receive time - publish time (time.time() on both sides) per event and "
         "client; lost: events a subscribed client had not received "
-        f"{args.drain:g} s after the last publish (% of subscribed clients x events)."
+        f"{args.drain:g} s after the last publish (% of subscribed clients x events).",
     )
-    print(f"\nresults: {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
-    return 130 if interrupted else 0
+    return run.exit_code(report)
 
 
 if __name__ == "__main__":
