@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from dataclasses import replace
 
 import msgspec
@@ -78,6 +79,7 @@ REASONS = {
     "not_waiting": _("That person is not waiting in the queue."),
     "not_admitted_target": _("That person is not in the meeting."),
     "queue_empty": _("Nobody is waiting."),
+    "call_next_stale": _("Someone else has just called the next person."),
     "nothing_to_mute": _("Say what to turn off: audio, video or both."),
     "cannot_host": _("That person cannot become the host."),
     "no_floor_for_role": _("Only participants can be given the floor or have it taken back."),
@@ -173,7 +175,7 @@ class MeetConsumer(EnvelopeConsumer):
             p.Admit: lambda m: self._act(Action.ADMIT, m.who),
             p.Deny: lambda m: self._act(Action.DENY, m.who),
             p.SendBack: lambda m: self._act(Action.SEND_BACK, m.who),
-            p.CallNext: lambda m: self._act(Action.CALL_NEXT),
+            p.CallNext: lambda m: self._act(Action.CALL_NEXT, value=m.current),
             p.Mute: lambda m: self._act(Action.MUTE, m.who, {"audio": m.audio, "video": m.video}),
             p.Remove: lambda m: self._act(Action.REMOVE, m.who),
             p.Lock: lambda m: self._act(Action.LOCK, value=m.locked),
@@ -418,9 +420,17 @@ class MeetConsumer(EnvelopeConsumer):
         )
         return changed, False
 
+    async def _reload(self) -> None:
+        """Read the stored room and take it in as if it had been broadcast
+        (what a lost update said is then caught up: ended, removed…)."""
+        stored = (await services.find_meeting(self.code)).room()
+        if self.room is None or stored.version > self.room.version:
+            await self.meet_room({"state": msgspec.to_builtins(stored), "events": []})
+
     async def sync(self, message: p.Sync) -> p.RoomView:
         self._me()
-        self.room = (await services.find_meeting(self.code)).room()
+        await self._reload()
+        self._me()
         self.sent_version = self.room.version
         return p.RoomView(room=self._view())
 
@@ -483,7 +493,9 @@ class MeetConsumer(EnvelopeConsumer):
         target = self.room.participants.get(message.to)
         if target is None or target.channel is None:
             # Our copy of the room may be a moment old: read it once more.
-            self.room = (await services.find_meeting(self.code)).room()
+            await self._reload()
+            me = self._me()
+            self._allowed(me, Action.SIGNAL)
             target = self.room.participants.get(message.to)
         if (
             target is None
@@ -532,7 +544,12 @@ class MeetConsumer(EnvelopeConsumer):
             raise refusal("chat_empty", ErrorCode.BAD_MESSAGE)
         if len(text) > limit:
             raise refusal("chat_too_long", ErrorCode.BAD_MESSAGE, limit=limit)
-        if not self.chat_bucket.take():
+        # A burst per socket, and a per-minute limit per participant that a
+        # reconnect or a second socket does not reset.
+        per_minute = settings.MEETINGS["CHAT_PER_MINUTE"]
+        if not self.chat_bucket.take() or (
+            await services.chat_count_since(self.code, me.pid, time.time() - 60) >= per_minute
+        ):
             raise refusal("chat_flood", ErrorCode.RATE_LIMITED)
         pending = self.room.kind in rules.FLOOR_KINDS and not self._moderates(me)
         saved = await services.save_chat(self.code, me.pid, me.name, me.role.value, text, pending)
@@ -560,24 +577,32 @@ class MeetConsumer(EnvelopeConsumer):
         if self.pid is None:
             return
         room = msgspec.convert(event["state"], Room)
-        if self.room is not None and room.version < self.room.version:
-            return  # an older change overtaken by a newer one
-        self.room = room
         for e in event["events"]:
+            # Told even when this change was overtaken by a newer one.
             if e["to"] == self.pid and e["kind"] != "left":
                 actor = room.participants.get(e["actor"] or "")
                 await self.send_message(
                     p.Notice(event=e["kind"], by=actor.name if actor else None, detail=e["detail"])
                 )
+        if self.room is not None and room.version < self.room.version:
+            return  # an older state overtaken by a newer one
+        self.room = room
         if room.ended:
             await self._finish(p.Ended(message=self._text("meeting_ended")), CloseCode.NORMAL)
             return
         me = room.participants.get(self.pid)
         if me is None or me.channel != self.channel_name:
             reason = "replaced" if me is not None else "timed_out"
-            for e in event["events"]:
-                if e["kind"] == "left" and e["pid"] == self.pid:
-                    reason = e["detail"].get("reason", reason)
+            told = [
+                e["detail"].get("reason", reason)
+                for e in event["events"]
+                if e["kind"] == "left" and e["pid"] == self.pid
+            ]
+            if told:
+                reason = told[0]
+            elif me is None:
+                # The message that said why was lost: the log says.
+                reason = await services.departure_reason(self.code, self.pid) or reason
             await self._finish(
                 p.Left(reason=reason, message=self._text(reason)),
                 CLOSE_FOR.get(reason, CloseCode.NORMAL),
@@ -598,8 +623,11 @@ class MeetConsumer(EnvelopeConsumer):
             return str(REASONS.get(reason, reason))
 
     async def meet_signal(self, event) -> None:
-        if self.pid is None or event["to"] != self.pid:
+        if self.pid is None or event["to"] != self.pid or self.room is None:
             return
+        me = self.room.participants.get(self.pid)
+        if me is None or me.status is not Status.ADMITTED:
+            return  # sent back to the queue meanwhile: not for us any more
         await self.send_message(
             p.SignalFrom(
                 from_=event["from"],

@@ -93,7 +93,11 @@ class SendBack(Message, tag="send_back"):
 
 
 class CallNext(Message, tag="call_next"):
-    pass
+    """Finish the current consultation and let in the next person. ``current``
+    lists the residents you see in the call; if that changed meanwhile (a
+    double click), nothing happens (``conflict``)."""
+
+    current: Annotated[list[Pid], msgspec.Meta(max_length=20)] | None = None
 
 
 class Mute(Message, tag="mute"):

@@ -172,6 +172,10 @@ class Participant(msgspec.Struct, kw_only=True):
     floor: bool = False
     # Was removed or denied earlier and came back: the host must admit again.
     returning: bool = False
+    # How often a moderator turned this participant's microphone / camera off:
+    # the page compares them with what it saw, so a lost notice loses no mute.
+    audio_mutes: int = 0
+    video_mutes: int = 0
 
 
 class Room(msgspec.Struct, kw_only=True):
@@ -555,7 +559,12 @@ def _do_send_back(room, actor, target, value, now, limits):
 
 
 def _do_call_next(room, actor, target, value, now, limits):
-    """Finish the current resident's service and admit the first in line."""
+    """Finish the current resident's service and admit the first in line.
+    ``value``, when given, lists the residents the moderator saw in the call:
+    if that is no longer so (a double click, two clerks at once) nothing
+    happens, rather than ending the consultation of someone just let in."""
+    if value is not None and set(value) != {p.pid for p in _residents_in_call(room)}:
+        raise Refused("conflict", "call_next_stale")
     events: list[Event] = []
     for resident in _residents_in_call(room):
         events.extend(_depart(room, resident, "served", now, actor.pid))
@@ -574,10 +583,12 @@ def _do_mute(room, actor, target, value, now, limits):
     changed = {}
     if what.get("audio"):
         participant.audio = False
+        participant.audio_mutes += 1
         changed["audio"] = True
     if what.get("video"):
         participant.video = False
         participant.screen = False
+        participant.video_mutes += 1
         changed["video"] = True
     if not changed:
         raise Refused("bad_message", "nothing_to_mute")
@@ -602,7 +613,9 @@ def _do_remove(room, actor, target, value, now, limits):
 def _ban(room: Room, participant: Participant) -> None:
     if participant.principal not in room.banned:
         room.banned = [*room.banned, participant.principal]
-    if participant.role is Role.GUEST:
+    # The same person can come back as a guest (a private window): from now
+    # on guests wait to be let in.
+    if participant.role not in (Role.HOST, Role.MODERATOR):
         room.guests_knock = True
 
 
@@ -777,6 +790,8 @@ def view(room: Room, pid: str, *, now: float, limits: Limits) -> dict[str, Any]:
             "instance": p.instance,
             "epoch": p.epoch,
             "polite": polite(pid, p.pid),
+            "audio_mutes": p.audio_mutes,
+            "video_mutes": p.video_mutes,
         }
         for p in admitted
     ]

@@ -155,6 +155,18 @@ def links(meeting: Meeting, host_key: str | None = None) -> dict[str, str]:
     return result
 
 
+def departure_reason_sync(code: str, pid: str) -> str | None:
+    event = (
+        MeetingEvent.objects.filter(meeting__code=code, pid=pid, kind="left")
+        .order_by("-at", "-id")
+        .first()
+    )
+    return event.detail.get("reason") if event is not None else None
+
+
+departure_reason = sync_to_async(departure_reason_sync)
+
+
 # --- Chat ------------------------------------------------------------------------
 
 
@@ -172,6 +184,15 @@ def save_chat_sync(code: str, pid: str, name: str, role: str, text: str, pending
 
 
 save_chat = sync_to_async(save_chat_sync)
+
+
+def chat_count_since_sync(code: str, pid: str, since: float) -> int:
+    return ChatMessage.objects.filter(
+        meeting__code=code, pid=pid, created_at__gte=dt.datetime.fromtimestamp(since, tz=dt.UTC)
+    ).count()
+
+
+chat_count_since = sync_to_async(chat_count_since_sync)
 
 
 def moderate_chat_sync(code: str, message_id: int, publish: bool) -> dict | None:

@@ -804,3 +804,48 @@ async def test_a_lost_room_update_is_caught_up_from_the_database(connect, settin
     frame = await guest.until("room", timeout=3)
     assert frame["room"]["status"] == "admitted"
     assert (await m.host.until("room", timeout=3))["room"]["participants"][-1]["pid"] == guest_pid
+
+
+async def test_a_lost_removal_still_says_removed_and_closes_with_4003(connect, settings):
+    from signaling import rules, services
+
+    settings.MEETINGS = {**settings.MEETINGS, "RESYNC_SECONDS": 0.2}
+    m = await meet(connect)
+    guest, guest_pid = await m.guest()
+    await m.admit(guest_pid, guest)
+    await m.quiet(guest)
+    await database_sync_to_async(services.change_room_sync)(
+        m.code,
+        lambda room: rules.act(
+            room,
+            m.host_pid,
+            rules.Action.REMOVE,
+            now=time.time(),
+            limits=services.limits(),
+            target=guest_pid,
+        ),
+        now=time.time(),
+    )
+    left = await guest.until("left", timeout=3)
+    assert left["reason"] == "removed"
+    assert await guest.closed() == 4003
+
+
+async def test_a_signal_that_rereads_the_room_catches_up_a_lost_end(connect):
+    from signaling import rules, services
+
+    m = await meet(connect)
+    guest, guest_pid = await m.guest()
+    await m.admit(guest_pid, guest)
+    await m.quiet(guest)
+    # The end is stored but its message lost; the host then signals a pid its
+    # copy of the room does not know, which makes it read the stored room.
+    await database_sync_to_async(services.change_room_sync)(
+        m.code,
+        lambda room: rules.act(
+            room, m.host_pid, rules.Action.END, now=time.time(), limits=services.limits()
+        ),
+        now=time.time(),
+    )
+    await m.host.send({"type": "signal", "to": "p0123456789", "candidate": CANDIDATE})
+    assert (await m.host.until("ended", timeout=3))["message"]

@@ -649,13 +649,37 @@ def test_after_a_guest_is_removed_new_guests_knock_in_a_public_meeting():
     assert m[new_guest].status is Status.ADMITTED
 
 
-def test_removing_a_signed_in_participant_does_not_make_guests_knock():
+def test_removing_a_signed_in_participant_also_makes_guests_knock():
+    """The removed resident could come back as a guest in a private window."""
     m = Meeting(Kind.PUBLIC)
     host = m.join("h", host=True)
     account = m.join("resident")
     m.act(host, A.REMOVE, account)
-    assert not m.room.guests_knock
-    assert m[m.join("g", auth=False)].status is Status.ADMITTED
+    assert m.room.guests_knock
+    assert m[m.join("g", auth=False)].status is Status.QUEUED
+
+
+def test_call_next_refuses_a_stale_view_of_the_call():
+    """A double click on "call the next person" must not end the consultation
+    of the resident the first click let in."""
+    m, host, (a, b) = consultation(2)
+    m.act(host, A.CALL_NEXT, value=[])
+    assert m.residents() == [a]
+    refused = m.refused(host, A.CALL_NEXT, value=[])  # the second click saw nobody in the call
+    assert refused.code == "conflict" and refused.reason == "call_next_stale"
+    assert m.residents() == [a]
+    m.act(host, A.CALL_NEXT, value=[a])
+    assert m.residents() == [b]
+
+
+def test_a_mute_is_counted_so_that_a_lost_notice_loses_no_mute():
+    m, host, (a,) = consultation(1)
+    m.act(host, A.CALL_NEXT)
+    m.act(a, A.AUDIO, value=True)
+    m.act(host, A.MUTE, a, {"audio": True})
+    m.act(host, A.MUTE, a, {"video": True})
+    assert (m[a].audio_mutes, m[a].video_mutes) == (1, 1)
+    assert m.view(a)["participants"][-1]["audio_mutes"] == 1
 
 
 def test_removed_queued_resident_and_leaving_keep_the_queue_contiguous():
