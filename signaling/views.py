@@ -69,6 +69,12 @@ CLIENT_TEXT = {
     "new_in_queue": gettext_lazy("%(name)s is waiting in the queue."),
     "new_message": gettext_lazy("New message from %(name)s."),
     "reconnecting": gettext_lazy("Connection lost. Reconnecting…"),
+    "connection_problem": gettext_lazy(
+        "There is no connection to the server at the moment; please try again shortly."
+    ),
+    "link_expired": gettext_lazy(
+        "This link has expired or is not valid. Reload the page to join again."
+    ),
     "reconnected": gettext_lazy("Connected again."),
     "good": gettext_lazy("good"),
     "fair": gettext_lazy("fair"),
@@ -257,12 +263,24 @@ def my_meetings(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
         title = " ".join(request.POST.get("title", "").split())
         kind = request.POST.get("kind", "")
+        invite = " ".join(request.POST.get("invite", "").replace(",", " ").split())
+        names = set(invite.split())
+        from django.contrib.auth import get_user_model
+
+        invited = list(get_user_model().objects.filter(username__in=names))
+        unknown = sorted(names - {u.get_username() for u in invited})
         if kind not in kinds:
             error = _("Choose the kind of meeting.")
         elif not title or len(title) > 200:
             error = _("Give the meeting a title (at most 200 characters).")
+        elif unknown:
+            error = _("No account with the user name: %(names)s.") % {"names": ", ".join(unknown)}
+        elif kind == Kind.BRIEFING and not invited:
+            error = _("A briefing is for invited staff: give their user names.")
         else:
             meeting, _key = create_meeting(Kind(kind), title, owner=request.user)
+            if kind == Kind.BRIEFING:
+                meeting.invited.set(invited)
             return redirect(f"{request.path}?created={meeting.code}")
     elif request.method != "GET":
         return HttpResponse(status=405)
@@ -288,6 +306,7 @@ def my_meetings(request: HttpRequest) -> HttpResponse:
             "kinds": kinds.items(),
             "kind": kind,
             "title": title,
+            "invite": invite if request.method == "POST" else "",
             "error": error,
             "created": request.GET.get("created"),
         },

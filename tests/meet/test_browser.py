@@ -33,6 +33,15 @@ async () => {
 """
 
 
+REMOTE_TILE_SHOWS_MEDIA = """
+() => {
+  const tile = document.querySelector('#videos li.tile:not([data-pid="self"])');
+  return Boolean(tile) && !tile.classList.contains("tile--camera-off")
+    && getComputedStyle(tile.querySelector("video")).visibility === "visible"
+    && !tile.querySelector(".tile__state").textContent.includes("🔇");
+}
+"""
+
 RESTART_BOTH = """
 () => { for (const { link } of window.egminaMeeting.links.values()) link.restartIce(); }
 """
@@ -172,6 +181,18 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         # Each side receives the other's video.
         await wait_for(clerk, REMOTE_VIDEO_PLAYS)
         await wait_for(resident, REMOTE_VIDEO_PLAYS)
+
+        # Each shows the other as sending: camera tile visible, no muted mark.
+        for page in (clerk, resident):
+            await wait_for(page, REMOTE_TILE_SHOWS_MEDIA)
+
+        # The clerk mutes the resident: the resident's microphone really stops.
+        await clerk.locator('#people-list [data-action="mute-audio"]').click()
+        await wait_for(resident, "window.egminaMeeting.micTrack.enabled === false")
+        assert await resident.get_attribute("#toggle-microphone", "aria-pressed") == "false"
+        await wait_for(
+            clerk, "!document.querySelector('#people-list [data-action=\"mute-audio\"]')"
+        )
 
         # Glare: both sides renegotiate at the same moment (an ICE restart
         # each); perfect negotiation settles it and the call goes on.

@@ -293,3 +293,27 @@ def test_my_meetings_lists_only_ones_own_and_moderated_meetings():
     client.force_login(me)
     page = client.get("/meet/").content.decode()
     assert "Moje" in page and "Moderuję" in page and "Cudze" not in page
+
+
+def test_a_briefing_made_in_my_meetings_invites_staff_by_user_name():
+    make_user("inspektor", "clerk"), make_user("straznik", "clerk")
+    client = Client()
+    client.force_login(make_user("kierownik", "clerk"))
+    form = {"kind": "briefing", "title": "Odprawa: wały", "invite": "inspektor, straznik"}
+    assert client.post("/meet/", form).status_code == 302
+    meeting = Meeting.objects.get()
+    assert sorted(u.username for u in meeting.invited.all()) == ["inspektor", "straznik"]
+
+
+@pytest.mark.parametrize(
+    "invite, message",
+    [("", "zaproszonych"), ("inspektor2 nieznany", "nieznany")],
+)
+def test_a_briefing_needs_known_invited_staff(invite, message):
+    make_user("inspektor2", "clerk")
+    client = Client()
+    client.force_login(make_user("kierownik2", "clerk"))
+    response = client.post("/meet/", {"kind": "briefing", "title": "Odprawa", "invite": invite})
+    assert response.status_code == 400
+    assert message in response.content.decode()
+    assert Meeting.objects.count() == 0

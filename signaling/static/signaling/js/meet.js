@@ -59,15 +59,44 @@ const meeting = {
   over: false,
   knownQueue: new Set(),
   chatIds: new Set(),
+  joined: false, // this socket has joined: our other messages may go
+  waiters: [], // messages waiting for the join
+  seenMutes: { audio: null, video: null },
+  lastPosition: null,
 };
+
+// Server refusals after which trying again cannot help (the rest - a lost
+// connection, a timeout - are retried: the socket reconnects and joins again).
+const FINAL_CODES = new Set(["gone", "forbidden", "locked", "full", "not_found", "unauthenticated"]);
 window.egminaMeeting = meeting; // for the browser tests and the curious
 
 function show(view) {
+  const changed = root.dataset.state !== view.replace("-view", "");
   for (const id of ["prejoin-view", "queue-view", "meeting-view", "ended-view"]) {
     const section = $(id);
     if (section) section.hidden = id !== view;
   }
   root.dataset.state = view.replace("-view", "");
+  // A keyboard or screen-reader user lands where the new view starts.
+  const heading = $(view)?.querySelector("h2");
+  if (changed && heading) {
+    heading.setAttribute("tabindex", "-1");
+    heading.focus({ preventScroll: false });
+  }
+}
+
+// Lists are drawn again on every change: keep the focus on the same control.
+function keepingFocus(draw) {
+  const active = document.activeElement;
+  const item = active?.closest?.("[data-pid]");
+  const key = item && active.dataset.action ? [item.dataset.pid, active.dataset.action] : null;
+  draw();
+  if (key && !document.body.contains(active)) {
+    const again = document.querySelector(
+      `[data-pid="${CSS.escape(key[0])}"] [data-action="${CSS.escape(key[1])}"]`,
+    );
+    if (again) again.focus();
+  }
 }
 
 // --- Devices ------------------------------------------------------------------
@@ -228,18 +257,42 @@ async function join(event) {
 
 async function onSocketState(state, detail) {
   if (state === "open") {
-    try {
-      await sendJoin();
-    } catch (failure) {
-      if (meeting.over) return;
-      finish(failure.message);
+    for (let attempt = 0; !meeting.over && meeting.hub.state === "open"; attempt += 1) {
+      try {
+        await sendJoin();
+        return;
+      } catch (failure) {
+        if (meeting.over) return;
+        if (FINAL_CODES.has(failure.code)) {
+          finish(failure.message);
+          return;
+        }
+        // Lost or slow: wait, then ask again on this socket (or the next one).
+        await new Promise((resolve) => setTimeout(resolve, Math.min(8000, 500 * 2 ** attempt)));
+      }
     }
-  } else if (state === "reconnecting" && meeting.joinedOnce && !meeting.over) {
-    setQuality("offline");
-    announce(text.reconnecting);
+  } else if (state === "reconnecting") {
+    meeting.joined = false;
+    if (meeting.joinedOnce && !meeting.over) {
+      setQuality("offline");
+      announce(text.reconnecting);
+    }
   } else if (state === "closed" && !meeting.over) {
-    finish(detail?.reason || text.reconnecting);
+    meeting.joined = false;
+    finish(detail?.fatal ? text.link_expired : text.connection_problem);
   }
+}
+
+// Our messages go after this socket's join (requests queued while the
+// connection was down would otherwise reach the server before it).
+function whenJoined() {
+  if (meeting.joined) return Promise.resolve();
+  return new Promise((resolve) => meeting.waiters.push(resolve));
+}
+
+async function send(message) {
+  await whenJoined();
+  return meeting.hub.request(message);
 }
 
 async function sendJoin() {
@@ -250,6 +303,11 @@ async function sendJoin() {
     ...(rejoin ? { rejoin } : {}),
   });
   sessionStorage.setItem(REJOIN_KEY, reply.rejoin_token);
+  if (meeting.you && reply.you !== meeting.you) {
+    // A new place (the old one expired): every link was made for the old one.
+    closeAllLinks();
+    meeting.room = null;
+  }
   meeting.you = reply.you;
   meeting.iceServers = reply.ice_servers;
   if (meeting.joinedOnce) {
@@ -257,20 +315,20 @@ async function sendJoin() {
     setQuality("good");
   }
   meeting.joinedOnce = true;
+  meeting.joined = true;
+  for (const resolve of meeting.waiters.splice(0)) resolve();
   applyRoom(reply.room);
   if (reply.resumed) {
     // Our socket came back; our peer connections may have lost their path too.
-    for (const { link } of meeting.links.values()) {
-      const s = link.pc.connectionState;
-      if (s !== "connected" && s !== "connecting") link.restartIce();
-    }
+    for (const { link } of meeting.links.values()) link.recover();
   }
-  sendMedia();
+  sendMedia(true);
 }
 
 function request(message) {
-  return meeting.hub.request(message).catch((failure) => {
-    announce(fmt(text.error, { message: failure.message }));
+  return send(message).catch((failure) => {
+    const lost = failure.code === "disconnected" || failure.code === "timeout";
+    announce(lost ? text.connection_problem : fmt(text.error, { message: failure.message }));
     throw failure;
   });
 }
@@ -303,6 +361,7 @@ function onServerMessage(message) {
 function finish(message) {
   if (meeting.over) return;
   meeting.over = true;
+  meeting.waiters.splice(0);
   sessionStorage.removeItem(REJOIN_KEY);
   meeting.hub?.close();
   for (const { link } of meeting.links.values()) link.close();
@@ -363,13 +422,42 @@ function applyRoom(room) {
     $("chat-log").replaceChildren();
     request({ type: "history" }).then((reply) => reply.messages.forEach(addChat), () => {});
   }
+  applyMutes();
   syncLinks(room.participants);
-  renderPeople(room);
-  renderHostQueue(room);
+  keepingFocus(() => {
+    renderPeople(room);
+    renderHostQueue(room);
+  });
   renderControls();
+  // Let in, given the floor, back from the queue: tell the others what we send.
+  sendMedia();
+}
+
+// A moderator turned our microphone or camera off: the room counts it, so
+// even if the notice was lost, the mute is applied.
+function applyMutes() {
+  const me = myself();
+  if (!me) return;
+  for (const kind of ["audio", "video"]) {
+    const count = me[`${kind}_mutes`] || 0;
+    const seen = meeting.seenMutes[kind];
+    meeting.seenMutes[kind] = count;
+    if (seen === null || count <= seen) continue;
+    if (kind === "audio") meeting.wantAudio = false;
+    else {
+      meeting.wantVideo = false;
+      stopScreen(false);
+    }
+    applyWanted();
+    for (const { link } of meeting.links.values()) attachLocal(link);
+  }
 }
 
 function renderQueueTicket(queue) {
+  if (meeting.lastPosition !== null && queue.position !== meeting.lastPosition) {
+    announce(fmt(text.queued, { position: queue.position }));
+  }
+  meeting.lastPosition = queue.position;
   $("queue-ticket").textContent = String(queue.ticket);
   $("queue-position").textContent = String(queue.position);
   const minutes = Math.ceil(queue.estimate / 60);
@@ -386,10 +474,18 @@ function syncLinks(participants) {
       entry.link.close();
       entry.tile?.remove();
       meeting.links.delete(pid);
+    } else if (other.epoch > entry.epoch) {
+      // They reconnected: if our connection to them suffered, renegotiate.
+      entry.epoch = other.epoch;
+      entry.link.recover();
     }
   }
   for (const other of participants) {
     if (other.pid === meeting.you || meeting.links.has(other.pid)) continue;
+    // Someone away cannot answer yet; the link opens when they are back.
+    if (!other.connected) continue;
+    // Our own earlier place, if it has not timed out yet.
+    if (other.instance === meeting.instance) continue;
     if (meeting.room.role === "viewer" && other.role === "viewer") continue;
     openLink(other);
   }
@@ -414,7 +510,7 @@ function openLink(other) {
       entry?.tile?.classList.toggle("tile--lost", state === "failed" || state === "disconnected");
     },
   });
-  meeting.links.set(other.pid, { link, instance: other.instance, tile: null });
+  meeting.links.set(other.pid, { link, instance: other.instance, epoch: other.epoch, tile: null });
   return link;
 }
 
@@ -431,7 +527,7 @@ function signalSender(pid) {
     while (queue.length && !meeting.over) {
       const entry = queue[0];
       try {
-        await meeting.hub.request({ type: "signal", to: pid, ...entry.payload });
+        await send({ type: "signal", to: pid, ...entry.payload });
         queue.shift();
       } catch (failure) {
         entry.attempt += 1;
@@ -452,15 +548,10 @@ function signalSender(pid) {
 }
 
 function onSignal(message) {
-  let entry = meeting.links.get(message.from);
-  if (!entry) {
-    // They heard of us first; the room update naming them is on its way.
-    const other = { pid: message.from, polite: message.polite, instance: null };
-    openLink(other);
-    entry = meeting.links.get(message.from);
-    attachLocal(entry.link);
-  }
-  entry.link.receive(message);
+  // The server sends the room update naming a participant before anything
+  // they send: a signal from someone we do not know is not for this call.
+  const entry = meeting.links.get(message.from);
+  if (entry) entry.link.receive(message);
 }
 
 function closeAllLinks() {
@@ -546,20 +637,25 @@ function personActions(person, room) {
   const me = myself();
   if (person.pid === meeting.you || !me) return null;
   const box = el("span", { class: "people__actions" });
-  const add = (label, message) =>
+  const add = (label, message, action) =>
     box.append(
       el("button", {
         type: "button",
         class: "button button--small",
         text: label,
         "aria-label": `${label}: ${person.name}`,
+        "data-action": action || message.type,
         onclick: () => request(message).catch(() => {}),
       }),
     );
   const moderator = ["host", "moderator"].includes(me.role);
   if (!moderator || (person.role === "host" && me.role !== "host")) return null;
-  if (actions.includes("mute") && person.audio) add(text.mute_audio, { type: "mute", who: person.pid, audio: true });
-  if (actions.includes("mute") && (person.video || person.screen)) add(text.mute_video, { type: "mute", who: person.pid, video: true });
+  if (actions.includes("mute") && person.audio) {
+    add(text.mute_audio, { type: "mute", who: person.pid, audio: true }, "mute-audio");
+  }
+  if (actions.includes("mute") && (person.video || person.screen)) {
+    add(text.mute_video, { type: "mute", who: person.pid, video: true }, "mute-video");
+  }
   if (actions.includes("floor") && ["participant", "guest"].includes(person.role)) {
     add(person.floor ? text.take_floor : text.give_floor, { type: "floor", who: person.pid, give: !person.floor });
   }
@@ -668,14 +764,25 @@ function renderControls() {
   chat.hidden = !actions.includes("chat");
 }
 
-function sendMedia() {
+// Tell the room what we send, when it differs from what the room shows
+// (or always, with force).
+function sendMedia(force = false) {
   if (meeting.status !== "admitted" || !mayPublish()) return;
-  request({
-    type: "media",
+  const state = {
     audio: Boolean(meeting.wantAudio && meeting.micTrack),
     video: Boolean(meeting.wantVideo && meeting.cameraTrack),
     screen: Boolean(meeting.screenTrack),
-  }).catch(() => {});
+  };
+  const me = myself();
+  const same = me && me.audio === state.audio && me.video === state.video && me.screen === state.screen;
+  if (same && !force) return;
+  if (meeting.mediaPending === JSON.stringify(state) && !force) return;
+  meeting.mediaPending = JSON.stringify(state);
+  request({ type: "media", ...state })
+    .catch(() => {})
+    .finally(() => {
+      meeting.mediaPending = null;
+    });
 }
 
 // --- Controls --------------------------------------------------------------------
@@ -728,7 +835,18 @@ const controls = {
     request({ type: "lock", locked: !meeting.room.locked }).catch(() => {});
   },
   call_next() {
-    request({ type: "call_next" }).catch(() => {});
+    const button = $("call-next");
+    if (button.disabled) return;
+    button.disabled = true;
+    // Who we see in the call: a second click after the first took effect is refused.
+    const current = (meeting.room.participants || [])
+      .filter((p) => p.role === "participant" || p.role === "guest")
+      .map((p) => p.pid);
+    request({ type: "call_next", current })
+      .catch(() => {})
+      .finally(() => {
+        button.disabled = (meeting.room?.queue || []).length === 0;
+      });
   },
   leave() {
     if (!meeting.hub) {

@@ -111,16 +111,38 @@ export class PeerLink {
       this._unconnectedSince = Date.now();
       return;
     }
-    if (
-      !this.polite &&
-      this.pc.signalingState === "stable" &&
-      this.pc.remoteDescription &&
-      Date.now() - this._unconnectedSince > STUCK_MS
-    ) {
+    if (Date.now() - this._unconnectedSince <= STUCK_MS) return;
+    this._unconnectedSince = Date.now();
+    if (this.pc.signalingState === "have-local-offer") {
+      // Our offer got no answer (lost on the way, or refused): take it back
+      // and offer again.
+      this.trace.push("reoffer");
+      this._reoffer();
+    } else if (!this.polite && this.pc.signalingState === "stable" && this.pc.remoteDescription) {
       this.trace.push(`restart(${state})`);
-      this._unconnectedSince = Date.now();
       this.restartIce();
     }
+  }
+
+  async _reoffer() {
+    try {
+      if (this.pc.signalingState === "have-local-offer") {
+        await this.pc.setLocalDescription({ type: "rollback" });
+      }
+      this.pc.restartIce(); // when stable, this asks for a new negotiation
+    } catch (error) {
+      console.warn("re-offer failed", error);
+    }
+  }
+
+  /** After a reconnect (ours or theirs): renegotiate what did not connect. */
+  recover() {
+    if (this.closed) return;
+    const state = this.pc.connectionState;
+    if (state === "connected" || state === "connecting") return;
+    if (this.pc.signalingState === "have-local-offer") this._reoffer();
+    else if (this.pc.remoteDescription) this.restartIce();
+    else if (!this.polite) this._reoffer();
   }
 
   /** Our microphone or camera (or screen) for this link; null stops sending. */
@@ -189,8 +211,11 @@ export class PeerLink {
       this.trace.push(`<${description.type}${collision ? "!" : ""}${this.ignoreOffer ? "x" : ""}`);
       if (this.ignoreOffer) return;
       this.settingRemoteAnswer = description.type === "answer";
-      await this.pc.setRemoteDescription(description); // rolls back our offer if needed
-      this.settingRemoteAnswer = false;
+      try {
+        await this.pc.setRemoteDescription(description); // rolls back our offer if needed
+      } finally {
+        this.settingRemoteAnswer = false;
+      }
       if (description.type === "offer") {
         await this.pc.setLocalDescription();
         this.trace.push("answer>");
