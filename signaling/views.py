@@ -130,6 +130,8 @@ def meeting_page(request: HttpRequest, code: str) -> HttpResponse:
             return HttpResponseForbidden(_("This host link is not valid."))
         hosts = request.session.get("meet_hosts", [])
         if meeting.code not in hosts:
+            # New rights, new session key (no fixation of a key planted earlier).
+            request.session.cycle_key()
             request.session["meet_hosts"] = [*hosts, meeting.code][-50:]
         # The key leaves the address bar (and the Referer of anything after).
         rest = {k: v for k, v in request.GET.items() if k != "key"}

@@ -1194,3 +1194,19 @@ def test_the_real_env_file_is_never_committed():
         ["git", "check-ignore", "-q", "docker/.env"], cwd=REPO, check=False, timeout=30
     )
     assert result.returncode == 0, "add `docker/.env` to .gitignore: it holds the secrets"
+
+
+def test_no_log_records_the_secrets_in_query_strings():
+    """Host links (?key=…) and guest tokens (?guest=…) are secrets: nginx logs
+    the path without the query string, and daphne (behind it) logs no access."""
+    conf = (DOCKER / "nginx.conf").read_text(encoding="utf-8")
+    formats = re.findall(r"log_format\s+(\w+)\s+((?:'[^']*'\s*)+);", conf)
+    assert formats, "nginx.conf defines its own log_format"
+    name, body = formats[0]
+    assert "$request " not in body and "$request_uri" not in body and "$args" not in body
+    assert "$uri" in body
+    assert re.search(rf"access_log\s+\S+\s+{name}\s*;", conf)
+    for service in COMPOSE["services"].values():
+        argv = as_argv(service.get("command", []))
+        if argv and argv[0] == "daphne":
+            assert argv[argv.index("--access-log") + 1] == "/dev/null", argv
