@@ -42,6 +42,17 @@ REMOTE_TILE_SHOWS_MEDIA = """
 }
 """
 
+# Every other participant's video plays (EXPECTED of them).
+ALL_REMOTE_VIDEOS_PLAY = """
+async () => {
+  const videos = [...document.querySelectorAll('#videos li.tile:not([data-pid="self"]) video')];
+  if (videos.length !== EXPECTED || videos.some((v) => v.videoWidth === 0)) return false;
+  const before = videos.map((v) => v.currentTime);
+  await new Promise((resolve) => setTimeout(resolve, 500));
+  return videos.every((v, i) => v.currentTime > before[i]);
+}
+"""
+
 RESTART_BOTH = """
 () => { for (const { link } of window.egminaMeeting.links.values()) link.restartIce(); }
 """
@@ -277,3 +288,47 @@ async def test_after_the_server_dies_both_come_back_to_the_same_call(meeting_ser
             "[...document.querySelectorAll('#chat-log .chat__text')]"
             ".some((p) => p.textContent === 'Jestem z powrotem')",
         )
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_someone_let_in_while_another_is_away_meets_them_when_they_return(meeting_server):
+    """A second resident is let in while the first one's connection is down
+    (away, within the grace): nobody negotiates with someone away; when the
+    first comes back (same place, no re-admission), the two connect."""
+    from signaling.services import create_meeting
+
+    meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja")
+    base = meeting_server()
+    async with contextlib.AsyncExitStack() as stack:
+        clerk, first = await admitted_call(stack, base, meeting, key)
+        # The first resident's network goes: its socket drops and reconnecting fails.
+        blocked = {"on": True}
+
+        async def gate(ws):
+            if blocked["on"]:
+                await ws.close()
+            else:
+                ws.connect_to_server()
+
+        await first.route_web_socket("**/ws/meet/**", gate)
+        await first.evaluate("window.egminaMeeting.hub._ws.close()")
+        await wait_for(
+            clerk,
+            "window.egminaMeeting.room.participants.some((p) => !p.connected)",
+        )
+        # Meanwhile the clerk lets a second resident in.
+        browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+        second = await (await browser.new_context()).new_page()
+        record_console(second)
+        await second.goto(f"{base}/meet/{meeting.code}/?name=Ewa")
+        await second.click("#join-button")
+        await clerk.locator('#queue-list button[data-action="admit"]').click()
+        await second.wait_for_selector("#meeting-view:not([hidden])")
+        first_pid = await first.evaluate("window.egminaMeeting.you")
+        # The first resident's network is back: same place, and the two meet.
+        blocked["on"] = False
+        await wait_for(first, "window.egminaMeeting.hub.state === 'open'", timeout=40)
+        assert await first.evaluate("window.egminaMeeting.you") == first_pid
+        assert await first.evaluate("window.egminaMeeting.status") == "admitted"
+        for page in (second, first, clerk):
+            await wait_for(page, ALL_REMOTE_VIDEOS_PLAY.replace("EXPECTED", "2"), timeout=30)
