@@ -332,3 +332,49 @@ async def test_someone_let_in_while_another_is_away_meets_them_when_they_return(
         assert await first.evaluate("window.egminaMeeting.status") == "admitted"
         for page in (second, first, clerk):
             await wait_for(page, ALL_REMOTE_VIDEOS_PLAY.replace("EXPECTED", "2"), timeout=30)
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_public_consultation_hand_floor_and_moderated_questions(meeting_server):
+    """A guest in a public consultation cannot speak until given the floor: they
+    raise a hand, the moderator gives the floor, their microphone goes on for
+    everyone; their question waits until the moderator publishes it."""
+    from signaling.services import create_meeting
+
+    meeting, key = await sync_to_async(create_meeting)(Kind.PUBLIC, "Budżet obywatelski")
+    base = meeting_server()
+    async with contextlib.AsyncExitStack() as stack:
+        host_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+        guest_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+        host = await (await host_browser.new_context()).new_page()
+        guest = await (await guest_browser.new_context()).new_page()
+        record_console(host)
+        record_console(guest)
+        await host.goto(f"{base}/meet/{meeting.code}/?key={key}&name=Moderator")
+        await host.click("#join-button")
+        await host.wait_for_selector("#meeting-view:not([hidden])")
+        await guest.goto(f"{base}/meet/{meeting.code}/?name=Jan")
+        await guest.click("#join-button")
+        await guest.wait_for_selector("#meeting-view:not([hidden])")  # public: straight in
+        # Without the floor the microphone button is off and disabled.
+        assert await guest.is_disabled("#toggle-microphone")
+        await guest.click("#toggle-hand")
+        await host.wait_for_selector("#people-list .people__item--hand")
+        await host.locator('#people-list [data-action="floor"]').click()
+        await wait_for(guest, "!document.querySelector('#toggle-microphone').disabled")
+        # The room now shows the guest as sending sound, to the moderator too.
+        await wait_for(
+            host,
+            "window.egminaMeeting.room.participants.some((p) => p.name === 'Jan' && p.audio)",
+        )
+        # A question waits for the moderator, then everyone sees it.
+        await guest.fill("#chat-input", "Kiedy głosowanie?")
+        await guest.press("#chat-input", "Enter")
+        await host.wait_for_selector("#chat-log .chat__item--pending")
+        assert await guest.locator("#chat-log .chat__item--pending").count() == 1
+        await host.locator("#chat-log .chat__item--pending button").first.click()
+        await wait_for(
+            guest,
+            "document.querySelector('#chat-log .chat__item--published')?.textContent"
+            ".includes('Kiedy głosowanie?')",
+        )
