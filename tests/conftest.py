@@ -205,6 +205,8 @@ FAKE_MEDIA_ARGS = (
     "--use-fake-device-for-media-stream",
     "--use-fake-ui-for-media-stream",
     "--autoplay-policy=no-user-gesture-required",
+    # Screen sharing picks the (virtual) screen without asking.
+    "--auto-select-desktop-capture-source=Entire screen",
 )
 
 

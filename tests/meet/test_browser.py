@@ -53,6 +53,11 @@ async () => {
 }
 """
 
+SENDS_SCREEN = """
+() => [...window.egminaMeeting.links.values()].every(({ link }) =>
+  link.senders.video?.track?.label.startsWith("screen"))
+"""
+
 RESTART_BOTH = """
 () => { for (const { link } of window.egminaMeeting.links.values()) link.restartIce(); }
 """
@@ -204,6 +209,19 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         await wait_for(
             clerk, "!document.querySelector('#people-list [data-action=\"mute-audio\"]')"
         )
+
+        # The clerk shares the screen: the resident is sent the screen instead of
+        # the camera (same connection, no renegotiation) and sees it shared.
+        await clerk.click("#toggle-screen")
+        await wait_for(clerk, SENDS_SCREEN)
+        await wait_for(
+            resident,
+            "window.egminaMeeting.room.participants.some((p) => p.name === 'Anna Urzędniczka'"
+            " && p.screen)",
+        )
+        await wait_for(resident, REMOTE_VIDEO_PLAYS)
+        await clerk.click("#toggle-screen")
+        await wait_for(clerk, f"!({SENDS_SCREEN.strip()})()")
 
         # Glare: both sides renegotiate at the same moment (an ICE restart
         # each); perfect negotiation settles it and the call goes on.

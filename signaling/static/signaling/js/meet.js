@@ -897,6 +897,7 @@ function addChat(message) {
             type: "button",
             class: "button button--small",
             text: label,
+            "aria-label": `${label}: ${message.name}, ${message.text.slice(0, 60)}`,
             onclick: () => request({ type: "approve", message: message.id, publish }).catch(() => {}),
           }),
         );
