@@ -209,6 +209,33 @@ MEETINGS = {
     # (a lost update is caught up within this many seconds).
     "RESYNC_SECONDS": env_float("MEET_RESYNC_SECONDS", 10.0, minimum=0.05),
 }
+# --- E-mail (alerts, confirmations) ----------------------------------------------
+
+EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
+EMAIL_HOST = env_str("EMAIL_HOST", "127.0.0.1")
+EMAIL_PORT = env_int("EMAIL_PORT", 25, minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 20.0, minimum=1.0)
+
+# --- Crisis alerts (alerts) -----------------------------------------------------
+
+ALERTS = {
+    # Deliveries a worker takes at once, and how long they stay its own.
+    "BATCH": env_int("ALERTS_BATCH", 100, minimum=1),
+    "LEASE_SECONDS": env_float("ALERTS_LEASE_SECONDS", 60.0, minimum=1.0),
+    # Retries: exponential backoff with full jitter, then give up.
+    "RETRY_BASE_SECONDS": env_float("ALERTS_RETRY_BASE_SECONDS", 5.0, minimum=0.01),
+    "RETRY_MAX_SECONDS": env_float("ALERTS_RETRY_MAX_SECONDS", 600.0, minimum=0.01),
+    "MAX_ATTEMPTS": env_int("ALERTS_MAX_ATTEMPTS", 8, minimum=1),
+    # Where idle workers look again, in seconds.
+    "POLL_SECONDS": env_float("ALERTS_POLL_SECONDS", 1.0, minimum=0.01),
+    "FROM_EMAIL": env_str("ALERTS_FROM_EMAIL", "ostrzezenia@glogow-mlp.example"),
+    # A file the worker touches every loop (its container's healthcheck); none by default.
+    "HEARTBEAT_FILE": env_str("ALERTS_HEARTBEAT_FILE", ""),
+}
+
 # Links printed by create_meeting and shown to hosts start with this.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")
 

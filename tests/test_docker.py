@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib
 import json
+import os
 import re
 import shlex
 import shutil
@@ -23,6 +24,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -372,7 +374,15 @@ def test_required_services_exist():
 
 
 def test_hub_services_share_one_image_and_environment():
-    assert set(HUB_SERVICES) == {"web1", "web2", "broadcast1", "broadcast2", "migrate"}
+    assert set(HUB_SERVICES) == {
+        "web1",
+        "web2",
+        "broadcast1",
+        "broadcast2",
+        "alerts1",
+        "alerts2",
+        "migrate",
+    }
     hub_env = COMPOSE["x-hub-env"]
     for name in HUB_SERVICES:
         service = SERVICES[name]
@@ -389,7 +399,7 @@ def test_hub_processes_wait_for_migrations_and_services():
     assert service_argv("migrate") == ["python", "manage.py", "migrate", "--noinput"]
     assert migrate["restart"] == "no", "migrate is one-shot: a restart policy would loop it"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("web1", "web2", "broadcast1", "broadcast2"):
+    for name in ("web1", "web2", "broadcast1", "broadcast2", "alerts1", "alerts2"):
         depends_on = SERVICES[name]["depends_on"]
         assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
         assert depends_on["postgres"]["condition"] == "service_healthy", name
@@ -613,8 +623,17 @@ def test_dockerfile_healthcheck_probes_healthz_with_an_allowed_host(
     assert passed is passes
 
 
+def is_alerts_worker(name: str) -> bool:
+    return service_argv(name)[:3] == ["python", "manage.py", "alerts_worker"]
+
+
 @pytest.mark.parametrize(
-    "name", [n for n in HUB_SERVICES if SERVICES[n].get("healthcheck", {}).get("test")]
+    "name",
+    [
+        n
+        for n in HUB_SERVICES
+        if SERVICES[n].get("healthcheck", {}).get("test") and not is_alerts_worker(n)
+    ],
 )
 def test_compose_healthchecks_probe_their_own_port(name):
     argv = as_argv(SERVICES[name]["healthcheck"]["test"])
@@ -626,12 +645,33 @@ def test_compose_healthchecks_probe_their_own_port(name):
     assert not passed
 
 
+@pytest.mark.parametrize("name", [n for n in HUB_SERVICES if is_alerts_worker(n)])
+def test_the_alerts_workers_probe_passes_on_a_fresh_heartbeat_and_fails_on_a_stale_one(
+    name, tmp_path
+):
+    argv = as_argv(SERVICES[name]["healthcheck"]["test"])
+    assert argv[:3] == ["CMD", "python", "-c"]
+    heartbeat = COMPOSE["x-hub-env"]["ALERTS_HEARTBEAT_FILE"]
+    probe = argv[3].replace(heartbeat, str(tmp_path / "alive"))
+    assert subprocess.run([sys.executable, "-c", probe]).returncode != 0  # no file yet
+    (tmp_path / "alive").touch()
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+    old = time.time() - 120
+    os.utime(tmp_path / "alive", (old, old))
+    assert subprocess.run([sys.executable, "-c", probe]).returncode != 0
+
+
 def test_every_hub_service_has_a_working_healthcheck():
     """Services on a port other than the image's 8000 must bring their own probe."""
     for name in HUB_SERVICES:
         healthcheck = SERVICES[name].get("healthcheck")
         if name == "migrate":
             assert healthcheck == {"disable": True}
+        elif service_argv(name)[:3] == ["python", "manage.py", "alerts_worker"]:
+            # No port: the worker touches a file every loop; the probe checks its age.
+            probe = " ".join(as_argv(healthcheck["test"]))
+            heartbeat = COMPOSE["x-hub-env"]["ALERTS_HEARTBEAT_FILE"]
+            assert heartbeat in probe and "getmtime" in probe, probe
         elif listen_port(name) != 8000:
             assert healthcheck and healthcheck.get("test"), f"{name} listens on {listen_port(name)}"
 

@@ -1,0 +1,85 @@
+"""How a delivery goes out, per channel. Each ``send`` returns a
+:class:`Result`; the worker records it (alerts.outbox)."""
+
+from __future__ import annotations
+
+import smtplib
+from dataclasses import dataclass
+from email.utils import make_msgid
+
+from django.conf import settings
+from django.core.mail import EmailMultiAlternatives, get_connection
+from django.utils.html import escape
+
+from alerts.models import Delivery
+
+
+@dataclass(frozen=True)
+class Result:
+    ok: bool
+    provider_id: str = ""
+    error: str = ""
+    permanent: bool = False  # retrying cannot help (a refused address…)
+
+
+def _plain(alert) -> str:
+    lines = [alert.headline, "", alert.description]
+    if alert.instruction:
+        lines += ["", "Jak się zachować:", alert.instruction]
+    return "\n".join(lines)
+
+
+def _html(alert) -> str:
+    parts = [f"<h1>{escape(alert.headline)}</h1>", f"<p>{escape(alert.description)}</p>"]
+    if alert.instruction:
+        parts += ["<h2>Jak się zachować</h2>", f"<p>{escape(alert.instruction)}</p>"]
+    return '<!DOCTYPE html><html lang="pl"><body>' + "".join(parts) + "</body></html>"
+
+
+class EmailChannel:
+    """SMTP with one connection kept open across messages (reopened after a
+    failure). Polish, plain text and HTML, with RFC 8058 one-click
+    unsubscribe headers."""
+
+    def __init__(self):
+        self.connection = None
+
+    def _connection(self):
+        if self.connection is None:
+            self.connection = get_connection(fail_silently=False)
+            self.connection.open()
+        return self.connection
+
+    def close(self) -> None:
+        if self.connection is not None:
+            try:
+                self.connection.close()
+            finally:
+                self.connection = None
+
+    def send(self, delivery: Delivery) -> Result:
+        alert, subscriber = delivery.alert, delivery.subscriber
+        unsubscribe = f"{settings.PUBLIC_BASE_URL}/alerts/unsubscribe/{subscriber.token}"
+        message_id = make_msgid(idstring=delivery.idempotency_key, domain="egmina.invalid")
+        message = EmailMultiAlternatives(
+            subject=f"[{alert.severity}] {alert.headline}",
+            body=_plain(alert) + f"\n\nRezygnacja z powiadomień: {unsubscribe}\n",
+            from_email=settings.ALERTS["FROM_EMAIL"],
+            to=[subscriber.email],
+            headers={
+                "List-Unsubscribe": f"<{unsubscribe}>",
+                "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+                "Message-ID": message_id,
+                "Content-Language": "pl",
+            },
+            connection=self._connection(),
+        )
+        message.attach_alternative(_html(alert), "text/html")
+        try:
+            message.send()
+        except smtplib.SMTPRecipientsRefused as exc:
+            return Result(False, error=f"refused: {exc.recipients}", permanent=True)
+        except (smtplib.SMTPException, OSError) as exc:
+            self.close()
+            return Result(False, error=f"{type(exc).__name__}: {exc}")
+        return Result(True, provider_id=message_id)

@@ -1,0 +1,149 @@
+"""The durable outbox of alert deliveries (alerts.models.Delivery).
+
+Publishing writes one delivery per (alert, subscriber, channel) in the same
+transaction as the publication (:func:`publish`). Workers claim due deliveries
+with ``SELECT … FOR UPDATE SKIP LOCKED`` (several workers never take the same
+row) and a lease: a row is theirs until ``lease_until``. A worker records each
+result only while it still holds the row. A worker killed at any moment loses
+nothing: its rows are claimed again when their lease runs out, and providers
+that accept an idempotency key get the same key again, so they send once.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+from django.db.models import F, Q
+
+from alerts import rules
+from alerts.models import Alert, AlertAudit, Delivery, Subscriber
+
+Status = Delivery.Status
+
+
+def _at(timestamp: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
+
+
+def channels_of(subscriber: Subscriber) -> list[str]:
+    """The confirmed channels of a subscriber (double opt-in done)."""
+    found = []
+    if subscriber.email and subscriber.email_confirmed_at:
+        found.append(Delivery.Channel.EMAIL)
+    if subscriber.phone and subscriber.phone_confirmed_at:
+        found.append(Delivery.Channel.SMS)
+    return found
+
+
+def wants(subscriber: Subscriber, alert: rules.Alert) -> bool:
+    if subscriber.categories and alert.category.value not in subscriber.categories:
+        return False
+    return rules.reaches(alert, frozenset(subscriber.areas))
+
+
+@transaction.atomic
+def publish(alert_pk: int, actor, *, now: float) -> int:
+    """Publish (or schedule) an approved alert; when it goes out, its
+    deliveries are written in the same transaction. Returns how many."""
+    alert = Alert.objects.select_for_update().get(pk=alert_pk)
+    operator = rules.Operator(str(actor.pk))
+    after, audit = rules.publish(alert.to_rules(), operator, now=now)
+    alert.state = after.state.value
+    alert.published_at = _at(after.published_at) if after.published_at else None
+    alert.save(update_fields=["state", "published_at"])
+    AlertAudit.objects.create(alert=alert, action=audit.action, actor=actor, at=_at(now))
+    if after.state is not rules.State.PUBLISHED:
+        return 0
+    return enqueue(alert, after, now=now)
+
+
+def enqueue(alert: Alert, published: rules.Alert, *, now: float) -> int:
+    """One delivery per matching subscriber and confirmed channel (inside the
+    caller's transaction)."""
+    rows = []
+    for subscriber in Subscriber.objects.iterator(chunk_size=2000):
+        if not wants(subscriber, published):
+            continue
+        for channel in channels_of(subscriber):
+            rows.append(
+                Delivery(
+                    alert=alert,
+                    subscriber=subscriber,
+                    channel=channel,
+                    next_attempt_at=_at(now),
+                    idempotency_key=f"a{alert.pk}s{subscriber.pk}{channel[0]}",
+                )
+            )
+    Delivery.objects.bulk_create(rows, batch_size=2000, ignore_conflicts=True)
+    return len(rows)
+
+
+@dataclass
+class Claimed:
+    delivery: Delivery
+    worker: str
+
+
+def claim(worker: str, *, now: float, batch: int, lease: float) -> list[Delivery]:
+    """Take up to ``batch`` due deliveries for ``worker`` for ``lease`` seconds."""
+    at = _at(now)
+    due = (
+        Delivery.objects.filter(status__in=[Status.QUEUED, Status.SENDING])
+        .filter(next_attempt_at__lte=at)
+        .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=at))
+        .order_by("next_attempt_at", "id")
+    )
+    with transaction.atomic():
+        if connection.features.has_select_for_update_skip_locked:
+            due = due.select_for_update(skip_locked=True)
+        ids = list(due.values_list("pk", flat=True)[:batch])
+        Delivery.objects.filter(pk__in=ids).update(
+            status=Status.SENDING,
+            lease_until=_at(now + lease),
+            claimed_by=worker,
+            attempts=F("attempts") + 1,
+        )
+    return list(
+        Delivery.objects.filter(pk__in=ids, claimed_by=worker).select_related("alert", "subscriber")
+    )
+
+
+def _mine(delivery: Delivery, worker: str):
+    return Delivery.objects.filter(pk=delivery.pk, claimed_by=worker, status=Status.SENDING)
+
+
+def sent(delivery: Delivery, worker: str, *, now: float, provider_id: str = "") -> bool:
+    return bool(
+        _mine(delivery, worker).update(
+            status=Status.SENT,
+            sent_at=_at(now),
+            provider_id=provider_id[:100],
+            lease_until=None,
+            last_error="",
+        )
+    )
+
+
+def backoff(attempts: int) -> float:
+    """Seconds before the next try: exponential, capped, with full jitter."""
+    base = settings.ALERTS["RETRY_BASE_SECONDS"]
+    cap = settings.ALERTS["RETRY_MAX_SECONDS"]
+    return random.uniform(0, min(cap, base * 2 ** (attempts - 1)))
+
+
+def failed(delivery: Delivery, worker: str, *, now: float, error: str, permanent: bool) -> bool:
+    """A failed try: again later with backoff, or for good after the limit
+    (or at once when the provider said it can never work)."""
+    give_up = permanent or delivery.attempts >= settings.ALERTS["MAX_ATTEMPTS"]
+    return bool(
+        _mine(delivery, worker).update(
+            status=Status.FAILED if give_up else Status.QUEUED,
+            next_attempt_at=_at(now + (0 if give_up else backoff(delivery.attempts))),
+            lease_until=None,
+            last_error=error[:300],
+        )
+    )
