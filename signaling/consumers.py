@@ -288,6 +288,11 @@ class MeetConsumer(EnvelopeConsumer):
             )
         except Refused as refused:
             raise refusal(refused.reason, refused.code) from None
+        if self.pid is not None and (self.room is None or changed.room.version > self.room.version):
+            # Our own change is the newest state we know: act on it at once (its
+            # broadcast may reach this consumer after the client's next frame).
+            # The view goes out with the broadcast, as for everyone.
+            self.room = changed.room
         if changed.visible or any(e.to for e in changed.events):
             await self.channel_layer.group_send(
                 self.group,
@@ -491,7 +496,7 @@ class MeetConsumer(EnvelopeConsumer):
             code = ErrorCode.BAD_SDP if message.description is not None else ErrorCode.BAD_CANDIDATE
             raise refusal(bad.reason, code, limit=settings.MEETINGS["MAX_SDP_BYTES"]) from None
         target = self.room.participants.get(message.to)
-        if target is None or target.channel is None:
+        if target is None or target.channel is None or target.status is not Status.ADMITTED:
             # Our copy of the room may be a moment old: read it once more.
             await self._reload()
             me = self._me()
