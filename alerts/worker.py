@@ -20,10 +20,46 @@ from alerts.channels import EmailChannel, Result
 log = logging.getLogger(__name__)
 
 
+def default_channels() -> dict:
+    """E-mail always; SMS when a provider is configured (settings.ALERTS)."""
+    channels = {"email": EmailChannel()}
+    config = settings.ALERTS
+    provider = config["SMS_PROVIDER"]
+    if provider:
+        from alerts.sms_providers import SerwerSmsChannel, SmsApiChannel, SmsConfig
+
+        base = (
+            config["SMS_BASE_URL"]
+            or {
+                "smsapi": "https://api.smsapi.pl",
+                "serwersms": "https://api2.serwersms.pl",
+            }[provider]
+        )
+        secret = config["SMS_CALLBACK_SECRET"]
+        notify = (
+            f"{settings.PUBLIC_BASE_URL}/alerts/sms/smsapi/{secret}/report"
+            if provider == "smsapi" and secret
+            else ""
+        )
+        sms = SmsConfig(
+            base_url=base,
+            token=config["SMS_TOKEN"],
+            sender=config["SMS_SENDER"],
+            public_base_url=settings.PUBLIC_BASE_URL,
+            notify_url=notify,
+            max_parts=config["SMS_MAX_PARTS"],
+            transliterate=config["SMS_TRANSLITERATE"],
+            timeout=config["SMS_TIMEOUT"],
+            test=config["SMS_TEST"],
+        )
+        channels["sms"] = (SmsApiChannel if provider == "smsapi" else SerwerSmsChannel)(sms)
+    return channels
+
+
 class Worker:
     def __init__(self, *, name: str | None = None, channels: dict | None = None, clock=time.time):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
-        self.channels = channels if channels is not None else {"email": EmailChannel()}
+        self.channels = channels if channels is not None else default_channels()
         self.clock = clock
         self.stopping = False
 

@@ -234,7 +234,25 @@ ALERTS = {
     "FROM_EMAIL": env_str("ALERTS_FROM_EMAIL", "ostrzezenia@glogow-mlp.example"),
     # A file the worker touches every loop (its container's healthcheck); none by default.
     "HEARTBEAT_FILE": env_str("ALERTS_HEARTBEAT_FILE", ""),
+    # SMS: "smsapi" (SMSAPI.pl) or "serwersms" (SerwerSMS.pl); empty sends no SMS.
+    "SMS_PROVIDER": env_str("ALERTS_SMS_PROVIDER", ""),
+    "SMS_BASE_URL": env_str("ALERTS_SMS_BASE_URL", ""),
+    "SMS_TOKEN": env_str("ALERTS_SMS_TOKEN", ""),
+    "SMS_SENDER": env_str("ALERTS_SMS_SENDER", ""),
+    "SMS_MAX_PARTS": env_int("ALERTS_SMS_MAX_PARTS", 3, minimum=1),
+    "SMS_TRANSLITERATE": env_bool("ALERTS_SMS_TRANSLITERATE", False),
+    "SMS_TIMEOUT": env_float("ALERTS_SMS_TIMEOUT", 10.0, minimum=1.0),
+    "SMS_TEST": env_bool("ALERTS_SMS_TEST", False),
+    # The secret in SMSAPI's delivery-report URL; empty refuses every report.
+    "SMS_CALLBACK_SECRET": env_str("ALERTS_SMS_CALLBACK_SECRET", ""),
+    # CAP 1.2 sender (an address, no spaces or commas) and its readable name.
+    "CAP_SENDER": env_str("ALERTS_CAP_SENDER", ""),
+    "CAP_SENDER_NAME": env_str("ALERTS_CAP_SENDER_NAME", "Gmina Głogów Małopolski"),
 }
+if ALERTS["SMS_PROVIDER"] not in ("", "smsapi", "serwersms"):
+    raise ConfigurationError(
+        f"ALERTS_SMS_PROVIDER={ALERTS['SMS_PROVIDER']!r}: use 'smsapi', 'serwersms' or nothing"
+    )
 
 # Links printed by create_meeting and shown to hosts start with this.
 PUBLIC_BASE_URL = env_str("PUBLIC_BASE_URL", "http://127.0.0.1:8000").rstrip("/")

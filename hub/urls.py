@@ -19,5 +19,6 @@ urlpatterns = [
     ),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("signaling.urls")),
+    path("", include("alerts.urls")),
     path("", views.landing, name="landing"),
 ]

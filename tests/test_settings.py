@@ -142,3 +142,9 @@ def test_a_server_keeps_its_database_connection_sqlite_does_not():
         postgres.stderr,
         sqlite.stderr,
     )
+
+
+def test_an_unknown_sms_provider_is_refused_with_its_name():
+    result = run_manage("check", env={"HUB_ENV": "development", "ALERTS_SMS_PROVIDER": "smsx"})
+    assert result.returncode != 0
+    assert "ALERTS_SMS_PROVIDER" in result.stderr

@@ -284,3 +284,27 @@ def test_a_worker_killed_mid_run_loses_nothing(mailbox, tmp_path):
     assert "Jak się zachować:" in text and "Nie zbliżaj się do wałów." in text
     assert '<html lang="pl">' in html
     print(f"sent before the kill: {at_kill}; duplicates at SMTP: {duplicates}")
+
+
+def test_the_worker_sends_sms_only_when_a_provider_is_configured(settings):
+    from alerts.sms_providers import SerwerSmsChannel, SmsApiChannel
+    from alerts.worker import default_channels
+
+    assert set(default_channels()) == {"email"}
+    settings.PUBLIC_BASE_URL = "https://e-uslugi.example"
+    settings.ALERTS = {
+        **settings.ALERTS,
+        "SMS_PROVIDER": "smsapi",
+        "SMS_TOKEN": "t",
+        "SMS_CALLBACK_SECRET": "s3cret",
+    }
+    channels = default_channels()
+    assert isinstance(channels["sms"], SmsApiChannel)
+    assert channels["sms"].config.base_url == "https://api.smsapi.pl"
+    assert channels["sms"].config.notify_url == (
+        "https://e-uslugi.example/alerts/sms/smsapi/s3cret/report"
+    )
+    settings.ALERTS = {**settings.ALERTS, "SMS_PROVIDER": "serwersms"}
+    channels = default_channels()
+    assert isinstance(channels["sms"], SerwerSmsChannel)
+    assert channels["sms"].config.notify_url == ""
