@@ -58,7 +58,56 @@ def publish(alert_pk: int, actor, *, now: float) -> int:
     AlertAudit.objects.create(alert=alert, action=audit.action, actor=actor, at=_at(now))
     if after.state is not rules.State.PUBLISHED:
         return 0
+    _retire_original(alert, after, now=now)
     return enqueue(alert, after, now=now)
+
+
+def _retire_original(alert: Alert, published: rules.Alert, *, now: float) -> None:
+    """A published Update or Cancel retires the alert it refers to."""
+    if not alert.references_id:
+        return
+    original = Alert.objects.select_for_update().get(pk=alert.references_id)
+    try:
+        after, audit = rules.supersede(original.to_rules(), published, now=now)
+    except rules.Refused:
+        return  # the original already stepped aside (expired, or an earlier follow-up)
+    original.state = after.state.value
+    original.save(update_fields=["state"])
+    AlertAudit.objects.create(
+        alert=original, action=audit.action, actor=None, at=_at(now), detail=audit.detail
+    )
+
+
+def tick_alerts(*, now: float) -> dict[str, int]:
+    """What time does to alerts: scheduled ones whose time came are published
+    (their deliveries written in the same transaction), published ones past
+    their expiry expire. Safe to run from several workers at once."""
+    done = {"published": 0, "expired": 0}
+    at = _at(now)
+    due = Alert.objects.filter(
+        Q(state=rules.State.SCHEDULED, effective__lte=at)
+        | Q(state=rules.State.PUBLISHED, expires__lte=at)
+    ).values_list("pk", flat=True)
+    for pk in list(due[:100]):
+        with transaction.atomic():
+            skip = connection.features.has_select_for_update_skip_locked
+            alert = Alert.objects.select_for_update(skip_locked=skip).filter(pk=pk).first()
+            if alert is None:
+                continue  # another worker has it
+            after, audit = rules.tick(alert.to_rules(), now=now)
+            if audit is None:
+                continue
+            alert.state = after.state.value
+            alert.published_at = _at(after.published_at) if after.published_at else None
+            alert.save(update_fields=["state", "published_at"])
+            AlertAudit.objects.create(alert=alert, action=audit.action, actor=None, at=at)
+            if after.state is rules.State.PUBLISHED:
+                _retire_original(alert, after, now=now)
+                enqueue(alert, after, now=now)
+                done["published"] += 1
+            elif after.state is rules.State.EXPIRED:
+                done["expired"] += 1
+    return done
 
 
 def enqueue(alert: Alert, published: rules.Alert, *, now: float) -> int:

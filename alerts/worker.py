@@ -69,6 +69,7 @@ class Worker:
     def run_once(self) -> int:
         """One batch: claim, send, record. Returns how many were claimed."""
         config = settings.ALERTS
+        outbox.tick_alerts(now=self.clock())
         batch = outbox.claim(
             self.name, now=self.clock(), batch=config["BATCH"], lease=config["LEASE_SECONDS"]
         )

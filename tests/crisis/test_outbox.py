@@ -308,3 +308,39 @@ def test_the_worker_sends_sms_only_when_a_provider_is_configured(settings):
     channels = default_channels()
     assert isinstance(channels["sms"], SerwerSmsChannel)
     assert channels["sms"].config.notify_url == ""
+
+
+@pytest.mark.django_db
+def test_time_publishes_a_scheduled_alert_with_its_deliveries_and_expires_it():
+    author = make_user("operatorka7", "operator")
+    subscribers(3)
+    start = timezone.now() + dt.timedelta(minutes=10)
+    alert = new_alert(author, effective=start, expires=start + dt.timedelta(hours=1))
+    assert outbox.publish(alert.pk, author, now=time.time()) == 0  # scheduled
+    assert outbox.tick_alerts(now=start.timestamp() - 1) == {"published": 0, "expired": 0}
+    assert outbox.tick_alerts(now=start.timestamp()) == {"published": 1, "expired": 0}
+    alert.refresh_from_db()
+    assert alert.state == "published" and Delivery.objects.filter(alert=alert).count() == 3
+    later = (start + dt.timedelta(hours=1)).timestamp()
+    assert outbox.tick_alerts(now=later) == {"published": 0, "expired": 1}
+    alert.refresh_from_db()
+    assert alert.state == "expired"
+    assert [a.action for a in alert.audit.all()] == ["scheduled", "published", "expired"]
+    assert Delivery.objects.count() == 3  # nothing sent twice by ticking again
+    outbox.tick_alerts(now=later + 60)
+    assert Delivery.objects.count() == 3
+
+
+@pytest.mark.django_db
+def test_a_published_cancel_retires_the_original():
+    author = make_user("operatorka8", "operator")
+    subscribers(2)
+    original = new_alert(author)
+    outbox.publish(original.pk, author, now=time.time())
+    cancel = new_alert(
+        author, msg_type="Cancel", references=original, instruction="", headline="Odwołanie"
+    )
+    assert outbox.publish(cancel.pk, author, now=time.time()) == 2  # everyone is told
+    original.refresh_from_db()
+    assert original.state == "cancelled"
+    assert original.audit.last().action == "cancelled"
