@@ -57,6 +57,7 @@ bench-meet-join: install
 messages: install
 	cd hub && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
 	cd signaling && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
+	cd alerts && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 
-from alerts import rules
+from alerts import live, rules
 from alerts.models import Alert, AlertAudit, Delivery, Subscriber
 
 Status = Delivery.Status
@@ -59,6 +59,7 @@ def publish(alert_pk: int, actor, *, now: float) -> int:
     if after.state is not rules.State.PUBLISHED:
         return 0
     _retire_original(alert, after, now=now)
+    live.announce_current(alert)
     return enqueue(alert, after, now=now)
 
 
@@ -73,6 +74,7 @@ def _retire_original(alert: Alert, published: rules.Alert, *, now: float) -> Non
         return  # the original already stepped aside (expired, or an earlier follow-up)
     original.state = after.state.value
     original.save(update_fields=["state"])
+    live.announce_ended(original)
     AlertAudit.objects.create(
         alert=original, action=audit.action, actor=None, at=_at(now), detail=audit.detail
     )
@@ -103,9 +105,11 @@ def tick_alerts(*, now: float) -> dict[str, int]:
             AlertAudit.objects.create(alert=alert, action=audit.action, actor=None, at=at)
             if after.state is rules.State.PUBLISHED:
                 _retire_original(alert, after, now=now)
+                live.announce_current(alert)
                 enqueue(alert, after, now=now)
                 done["published"] += 1
             elif after.state is rules.State.EXPIRED:
+                live.announce_ended(alert)
                 done["expired"] += 1
     return done
 

@@ -1,11 +1,19 @@
 from django.urls import path
 
-from alerts import callbacks, feeds
+from alerts import callbacks, feeds, public, subscriptions
 
 urlpatterns = [
+    path("alerts/subscribe/", subscriptions.subscribe, name="alerts-subscribe"),
+    path("alerts/confirm/<str:signed>", subscriptions.confirm, name="alerts-confirm"),
+    path("alerts/preferences/<str:token>/", subscriptions.preferences, name="alerts-preferences"),
+    path("alerts/unsubscribe/<str:token>", subscriptions.unsubscribe, name="alerts-unsubscribe"),
+    path("a/u/<str:token>", subscriptions.sms_unsubscribe, name="alerts-sms-unsubscribe"),
+    path("alerts/", public.alert_list, name="alert_list"),
+    path("alerts/current.json", public.current_json, name="alerts_current"),
     path("alerts/feed.atom", feeds.atom_feed, name="atom_feed"),
     path("alerts/cap.xml", feeds.cap_feed, name="cap_feed"),
     path("alerts/<str:identifier>/cap.xml", feeds.cap_document, name="cap_document"),
+    path("alerts/<str:identifier>/", public.alert_detail, name="alert_detail"),
     path(
         "alerts/sms/smsapi/<str:secret>/report",
         callbacks.smsapi_report,

@@ -75,7 +75,10 @@ class Worker:
         )
         for delivery in batch:
             channel = self.channels.get(delivery.channel)
-            if channel is None:
+            if delivery.channel not in outbox.channels_of(delivery.subscriber):
+                # Unsubscribed (or the address removed) after the alert went out.
+                result = Result(False, error="unsubscribed", permanent=True)
+            elif channel is None:
                 result = Result(False, error=f"no channel {delivery.channel} configured")
             else:
                 try:

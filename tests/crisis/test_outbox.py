@@ -22,6 +22,7 @@ from django.utils import timezone
 
 from alerts import outbox
 from alerts.models import Alert, Delivery, Subscriber
+from alerts.worker import Worker
 from tests.meet.helpers import make_user
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -344,3 +345,27 @@ def test_a_published_cancel_retires_the_original():
     original.refresh_from_db()
     assert original.state == "cancelled"
     assert original.audit.last().action == "cancelled"
+
+
+@pytest.mark.django_db
+def test_who_unsubscribed_after_publication_gets_nothing(settings):
+    author = make_user("operatorka9", "operator")
+    [kept, gone] = subscribers(2)
+    outbox.publish(new_alert(author).pk, author, now=time.time())
+    Subscriber.objects.filter(pk=gone.pk).update(email="", email_confirmed_at=None)
+
+    class Recording:
+        def __init__(self):
+            self.to = []
+
+        def send(self, delivery):
+            from alerts.channels import Result
+
+            self.to.append(delivery.subscriber.email)
+            return Result(True, provider_id="x")
+
+    channel = Recording()
+    assert Worker(name="w", channels={"email": channel}).run_once() == 2
+    assert channel.to == [kept.email]
+    row = Delivery.objects.get(subscriber=gone)
+    assert row.status == "failed" and row.last_error == "unsubscribed"

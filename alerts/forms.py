@@ -1,0 +1,122 @@
+"""The subscription forms: the public one (channels, areas, categories,
+consent) and the preferences behind a subscriber's token (areas, categories)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.utils.translation import gettext_lazy as _
+
+from alerts.areas import AREAS, CATEGORIES, normalize_areas, normalize_categories
+from alerts.sms_providers import InvalidPhone, normalize_phone
+
+# The consent a subscriber gives, and its version (recorded with the
+# subscription: Subscriber.consent_version). Change the version whenever the
+# text changes, so each subscriber's consent can be matched to the words they saw.
+CONSENT_VERSION = "2026-11-v1"
+CONSENT_TEXT = _(
+    "I agree that the Mayor of Głogów Małopolski (Burmistrz Głogowa Małopolskiego, "
+    "Urząd Miejski, ul. Rynek 1, 36-060 Głogów Małopolski), as the data controller, "
+    "processes my e-mail address and/or phone number and the areas and categories I "
+    "choose in order to send me warnings about threats in the municipality (Article "
+    "6(1)(a) GDPR). The data are kept until I withdraw my consent or delete them. I can "
+    "withdraw my consent at any time with the unsubscribe link in every message; this "
+    "does not affect the processing before. I have the right to see, export and delete "
+    "my data on my subscription settings page, and to lodge a complaint with the "
+    "President of the Personal Data Protection Office (UODO)."
+)
+
+PHONE_ERRORS = {
+    "phone_empty": _("Enter a phone number."),
+    "phone_bad_characters": _(
+        "A phone number may contain only digits, spaces and dashes, "
+        "with +48 at the start if you like."
+    ),
+    "phone_not_polish": _("Text messages can be sent only to Polish numbers (+48)."),
+    "phone_wrong_length": _("A Polish phone number has 9 digits, e.g. 600 123 456."),
+    "phone_invalid": _("This is not a valid Polish phone number."),
+}
+
+ONE_LINE = _("Enter it on one line.")
+
+
+class PreferencesForm(forms.Form):
+    areas = forms.MultipleChoiceField(
+        choices=AREAS,
+        widget=forms.CheckboxSelectMultiple,
+        error_messages={
+            "required": _("Choose at least one area (or the whole municipality)."),
+            "invalid_choice": _("Choose areas from the list."),
+        },
+    )
+    categories = forms.MultipleChoiceField(
+        choices=CATEGORIES,
+        widget=forms.CheckboxSelectMultiple,
+        required=False,
+        error_messages={"invalid_choice": _("Choose categories from the list.")},
+    )
+
+    def clean_areas(self):
+        return normalize_areas(self.cleaned_data["areas"])
+
+    def clean_categories(self):
+        return normalize_categories(self.cleaned_data["categories"])
+
+
+class _OneLine:
+    """Refuses CR or LF anywhere in what was sent, before the field strips
+    whitespace at the ends (which would hide an attempt at header injection)."""
+
+    def to_python(self, value):
+        if isinstance(value, str) and ("\r" in value or "\n" in value):
+            raise forms.ValidationError(ONE_LINE, code="line_break")
+        return super().to_python(value)
+
+
+class OneLineEmailField(_OneLine, forms.EmailField):
+    pass
+
+
+class OneLineCharField(_OneLine, forms.CharField):
+    pass
+
+
+class SubscriptionForm(PreferencesForm):
+    email = OneLineEmailField(
+        required=False,
+        max_length=254,
+        error_messages={
+            "invalid": _("Enter a valid e-mail address, e.g. jan.kowalski@example.pl."),
+            "max_length": _("This e-mail address is too long."),
+        },
+    )
+    phone = OneLineCharField(required=False, max_length=40)
+    consent = forms.BooleanField(
+        error_messages={"required": _("Your consent is needed to send you warnings.")}
+    )
+
+    field_order = ["email", "phone", "areas", "categories", "consent"]
+
+    def clean_email(self):
+        email = self.cleaned_data["email"]
+        if not email:
+            return ""
+        local, _at, domain = email.rpartition("@")
+        return f"{local}@{domain.lower()}"
+
+    def clean_phone(self):
+        phone = self.cleaned_data["phone"]
+        if not phone:
+            return ""
+        try:
+            return normalize_phone(phone)
+        except InvalidPhone as exc:
+            raise forms.ValidationError(PHONE_ERRORS[exc.reason], code=exc.reason) from None
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.has_error("email") and not self.has_error("phone"):
+            if not cleaned.get("email") and not cleaned.get("phone"):
+                raise forms.ValidationError(
+                    _("Enter an e-mail address, a phone number, or both."), code="no_channel"
+                )
+        return cleaned

@@ -1,0 +1,503 @@
+"""Subscribing to crisis alerts, for residents, without an account.
+
+- ``subscribe``: the public form (e-mail and/or phone, areas, categories,
+  consent). The e-mail address is confirmed with a signed link (double
+  opt-in, :data:`CONFIRM_MAX_AGE`); a phone number is stored unconfirmed (no
+  SMS is sent to it until it is confirmed).
+- ``confirm``: the link from the e-mail.
+- ``preferences``: behind the subscriber's unguessable token: areas and
+  categories, an export of the data (JSON) and deletion (GDPR).
+- ``unsubscribe``: the page every e-mail links to. GET only shows a button
+  (mail scanners follow links); POST stops the channel, and accepts RFC 8058
+  one-click (``List-Unsubscribe=One-Click``, no CSRF token: the token in the
+  URL is the only thing acted on). ``sms_unsubscribe`` is the short link of
+  the text messages.
+
+Duplicates. One row per e-mail address (or, without one, per phone number). A
+second form for the same address does not make a second row and the page says
+the same whether or not the address was known. While nothing is confirmed the
+row takes the new areas, categories and consent, and the confirmation link is
+sent again. Once the address is confirmed, a form that anyone could have
+filled in does not change it: the address gets an e-mail with the link to its
+settings page instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import smtplib
+
+from django.conf import settings
+from django.core import signing
+from django.core.mail import send_mail
+from django.db import connection, transaction
+from django.http import Http404, HttpResponse
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils import timezone, translation
+from django.utils.translation import gettext as _
+from django.utils.translation import gettext_lazy
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_http_methods
+
+from alerts.areas import AREAS, CATEGORY_LABELS
+from alerts.forms import CONSENT_TEXT, CONSENT_VERSION, PreferencesForm, SubscriptionForm
+from alerts.models import Subscriber
+
+log = logging.getLogger(__name__)
+
+CONFIRM_SALT = "alerts.subscriptions.confirm-email"
+CONFIRM_MAX_AGE = 3 * 24 * 3600  # seconds: the link is valid for three days
+CONSENT_SOURCE = "web-form"
+
+# Where each field's error links to in the summary at the top of a form.
+ANCHORS = {
+    "email": "id_email",
+    "phone": "id_phone",
+    "areas": "id_areas_0",
+    "categories": "id_categories_0",
+    "consent": "id_consent",
+    "__all__": "id_email",
+}
+
+
+# --- Helpers -------------------------------------------------------------------
+
+
+def _private(response: HttpResponse) -> HttpResponse:
+    """Pages whose address carries a subscriber's token: never cached, never
+    sent on to other sites as a Referer, never indexed. (Not ``no-referrer``:
+    with it, browsers send ``Origin: null`` with the page's own forms, and
+    Django's CSRF check refuses them.)"""
+    response["Cache-Control"] = "no-store"
+    response["Referrer-Policy"] = "same-origin"
+    response["X-Robots-Tag"] = "noindex"
+    return response
+
+
+def _subscriber_or_404(token: str) -> Subscriber:
+    subscriber = Subscriber.objects.filter(token=token).first() if token else None
+    if subscriber is None:
+        raise Http404
+    return subscriber
+
+
+def _url(name: str, *args) -> str:
+    return settings.PUBLIC_BASE_URL + reverse(name, args=args)
+
+
+def _options(choices, selected) -> list[dict]:
+    selected = set(selected)
+    return [
+        {"value": value, "label": label, "checked": value in selected, "index": index}
+        for index, (value, label) in enumerate(choices)
+    ]
+
+
+def _errors(form) -> list[dict]:
+    return [
+        {"anchor": ANCHORS.get(name, "id_email"), "message": message}
+        for name, messages in form.errors.items()
+        for message in messages
+    ]
+
+
+def _message(request, heading, paragraphs, *, links=(), status=200, private=False):
+    response = render(
+        request,
+        "alerts/message.html",
+        {"heading": heading, "paragraphs": paragraphs, "links": links, "error": status >= 400},
+        status=status,
+    )
+    return _private(response) if private else response
+
+
+def confirmation_token(subscriber: Subscriber) -> str:
+    """Signed, expiring, bound to the address: the link stops working when the
+    address is removed or changed."""
+    payload = {"id": subscriber.pk, "email": subscriber.email.lower()}
+    return signing.dumps(payload, salt=CONFIRM_SALT, compress=True)
+
+
+def _send(subject: str, body: str, to: str) -> None:
+    send_mail(subject, body, settings.ALERTS["FROM_EMAIL"], [to], fail_silently=False)
+
+
+def send_confirmation(subscriber: Subscriber) -> None:
+    link = _url("alerts-confirm", confirmation_token(subscriber))
+    with translation.override("pl"):
+        subject = _("Confirm your subscription to warnings — Gmina Głogów Małopolski")
+        body = _(
+            "Good day,\n\n"
+            "this e-mail address was entered in the form for warnings about threats in "
+            "Gmina Głogów Małopolski. To receive the warnings, please confirm the "
+            "subscription by opening this link (valid for 3 days):\n\n"
+            "%(link)s\n\n"
+            "If someone else filled in the form, simply ignore this message: without "
+            "confirmation no warnings will be sent.\n\n"
+            "Urząd Miejski w Głogowie Małopolskim\n"
+        ) % {"link": link}
+    _send(subject, body, subscriber.email)
+
+
+def send_already_subscribed(subscriber: Subscriber) -> None:
+    link = _url("alerts-preferences", subscriber.token)
+    with translation.override("pl"):
+        subject = _("Your subscription to warnings — Gmina Głogów Małopolski")
+        body = _(
+            "Good day,\n\n"
+            "this e-mail address was entered again in the form for warnings about threats "
+            "in Gmina Głogów Małopolski. It is already subscribed, so nothing was changed. "
+            "The areas and categories can be changed, and the data downloaded or deleted, "
+            "on the subscription settings page:\n\n"
+            "%(link)s\n\n"
+            "If someone else filled in the form, simply ignore this message.\n\n"
+            "Urząd Miejski w Głogowie Małopolskim\n"
+        ) % {"link": link}
+    _send(subject, body, subscriber.email)
+
+
+def _lock(key: str) -> None:
+    """Serialise subscriptions for one address until the transaction ends, so
+    two forms sent at once cannot make two rows (SQLite serialises writes anyway)."""
+    if connection.vendor == "postgresql":
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [number])
+
+
+def subscribe_or_merge(data: dict, *, now) -> tuple[Subscriber, str]:
+    """The row for this form, created or merged. Returns it and what to send:
+    ``"confirm"``, ``"already"`` or ``""`` (nothing: no e-mail address)."""
+    email, phone = data["email"], data["phone"]
+    consent = {
+        "consent_version": CONSENT_VERSION,
+        "consent_at": now,
+        "consent_source": CONSENT_SOURCE,
+    }
+    with transaction.atomic():
+        if email:
+            _lock(f"alerts.subscriber.email:{email.lower()}")
+            found = Subscriber.objects.filter(email__iexact=email).order_by("pk").first()
+        else:
+            _lock(f"alerts.subscriber.phone:{phone}")
+            found = Subscriber.objects.filter(phone=phone, email="").order_by("pk").first()
+        if found is None:
+            subscriber = Subscriber.objects.create(
+                email=email,
+                phone=phone,
+                areas=data["areas"],
+                categories=data["categories"],
+                **consent,
+            )
+            return subscriber, "confirm" if email else ""
+        if found.email_confirmed_at or found.phone_confirmed_at:
+            return found, "already" if found.email else ""
+        found.areas = data["areas"]
+        found.categories = data["categories"]
+        if phone:
+            found.phone = phone
+        for name, value in consent.items():
+            setattr(found, name, value)
+        found.save()
+        return found, "confirm" if email else ""
+
+
+# --- Views ---------------------------------------------------------------------
+
+
+def _subscribe_page(request, form, *, areas, categories, status=200, problem=""):
+    errors = _errors(form) if form.is_bound else []
+    return render(
+        request,
+        "alerts/subscribe.html",
+        {
+            "form": form,
+            "errors": errors,
+            "problem": problem,
+            "field_errors": {name: list(messages) for name, messages in form.errors.items()},
+            "areas": _options(AREAS, areas),
+            "categories": _options(CATEGORY_LABELS.items(), categories),
+            "consent_text": CONSENT_TEXT,
+            "email": form.data.get("email", "") if form.is_bound else "",
+            "phone": form.data.get("phone", "") if form.is_bound else "",
+            "consent": bool(form.data.get("consent")) if form.is_bound else False,
+        },
+        status=status,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def subscribe(request):
+    if request.method == "GET":
+        sent = request.GET.get("sent")
+        if sent == "email":
+            return _message(
+                request,
+                gettext_lazy("Check your e-mail"),
+                [
+                    gettext_lazy(
+                        "A message with a confirmation link has been sent to the e-mail "
+                        "address given. Warnings will be sent once the subscription is "
+                        "confirmed. The link is valid for 3 days."
+                    ),
+                    gettext_lazy(
+                        "If the message does not arrive within a few minutes, check the "
+                        "spam folder or fill in the form again."
+                    ),
+                ],
+            )
+        if sent == "phone":
+            return _message(
+                request,
+                gettext_lazy("Thank you"),
+                [
+                    gettext_lazy(
+                        "The phone number has been saved. Text message warnings will be "
+                        "sent only after the number is confirmed."
+                    )
+                ],
+            )
+        return _subscribe_page(request, SubscriptionForm(), areas=[], categories=[])
+
+    form = SubscriptionForm(request.POST)
+    areas, categories = request.POST.getlist("areas"), request.POST.getlist("categories")
+    if not form.is_valid():
+        return _subscribe_page(request, form, areas=areas, categories=categories, status=400)
+    subscriber, to_send = subscribe_or_merge(form.cleaned_data, now=timezone.now())
+    try:
+        if to_send == "confirm":
+            send_confirmation(subscriber)
+        elif to_send == "already":
+            send_already_subscribed(subscriber)
+    except (smtplib.SMTPException, OSError):
+        log.exception("the confirmation e-mail to subscriber %s was not sent", subscriber.pk)
+        return _subscribe_page(
+            request,
+            form,
+            areas=areas,
+            categories=categories,
+            status=503,
+            problem=_(
+                "The confirmation e-mail could not be sent just now. "
+                "Please try again in a few minutes."
+            ),
+        )
+    sent = "email" if form.cleaned_data["email"] else "phone"
+    return redirect(f"{reverse('alerts-subscribe')}?sent={sent}")
+
+
+@require_GET
+def confirm(request, signed: str):
+    invalid = gettext_lazy(
+        "This confirmation link is not valid. Please fill in the subscription form again "
+        "to receive a new one."
+    )
+    try:
+        payload = signing.loads(signed, salt=CONFIRM_SALT, max_age=CONFIRM_MAX_AGE)
+    except signing.SignatureExpired:
+        reason = gettext_lazy(
+            "This confirmation link has expired (links are valid for 3 days). Please fill "
+            "in the subscription form again to receive a new one."
+        )
+        return _bad_link(request, reason)
+    except signing.BadSignature:
+        return _bad_link(request, invalid)
+    if not isinstance(payload, dict) or not isinstance(payload.get("id"), int):
+        return _bad_link(request, invalid)
+    with transaction.atomic():
+        subscriber = (
+            Subscriber.objects.select_for_update()
+            .filter(pk=payload["id"], email__iexact=str(payload.get("email", "")))
+            .exclude(email="")
+            .first()
+        )
+        if subscriber is None:
+            return _bad_link(request, invalid)
+        if subscriber.email_confirmed_at is None:
+            subscriber.email_confirmed_at = timezone.now()
+            subscriber.save(update_fields=["email_confirmed_at"])
+    return _message(
+        request,
+        gettext_lazy("Subscription confirmed"),
+        [
+            gettext_lazy("Thank you. Warnings for the chosen areas will be sent to %(email)s.")
+            % {"email": subscriber.email},
+            gettext_lazy(
+                "On the settings page (link below) the areas and categories can be changed "
+                "and the data downloaded or deleted. The unsubscribe link in every warning "
+                "e-mail leads there too."
+            ),
+        ],
+        links=[
+            (reverse("alerts-preferences", args=[subscriber.token]), _("Subscription settings"))
+        ],
+        private=True,
+    )
+
+
+def _bad_link(request, reason):
+    return _message(
+        request,
+        gettext_lazy("The link does not work"),
+        [reason],
+        links=[(reverse("alerts-subscribe"), _("Subscription form"))],
+        status=400,
+        private=True,
+    )
+
+
+def export_data(subscriber: Subscriber) -> dict:
+    """Everything kept about a subscriber (GDPR, the right of access and to
+    data portability): the subscription and the warnings sent to them."""
+
+    def at(value):
+        return value.isoformat() if value else None
+
+    deliveries = subscriber.deliveries.select_related("alert").order_by("pk")
+    return {
+        "subscription": {
+            "email": subscriber.email,
+            "email_confirmed_at": at(subscriber.email_confirmed_at),
+            "phone": subscriber.phone,
+            "phone_confirmed_at": at(subscriber.phone_confirmed_at),
+            "areas": subscriber.areas,
+            "categories": subscriber.categories,
+            "created_at": at(subscriber.created_at),
+        },
+        "consent": {
+            "version": subscriber.consent_version,
+            "given_at": at(subscriber.consent_at),
+            "source": subscriber.consent_source,
+        },
+        "messages": [
+            {
+                "alert": delivery.alert.identifier,
+                "headline": delivery.alert.headline,
+                "channel": delivery.channel,
+                "status": delivery.status,
+                "sent_at": at(delivery.sent_at),
+            }
+            for delivery in deliveries
+        ],
+        "exported_at": at(timezone.now()),
+    }
+
+
+@require_http_methods(["GET", "POST"])
+def preferences(request, token: str):
+    subscriber = _subscriber_or_404(token)
+    if request.method == "GET" and request.GET.get("export") == "json":
+        body = json.dumps(export_data(subscriber), ensure_ascii=False, indent=2)
+        response = HttpResponse(body, content_type="application/json; charset=utf-8")
+        response["Content-Disposition"] = 'attachment; filename="subskrypcja-ostrzezen.json"'
+        return _private(response)
+
+    form, status, saved, delete_error = None, 200, False, ""
+    action = request.POST.get("action") if request.method == "POST" else None
+    if action == "delete":
+        if request.POST.get("confirm_delete") == "yes":
+            subscriber.delete()  # its deliveries go with it (on_delete=CASCADE)
+            return _message(
+                request,
+                gettext_lazy("Your data have been deleted"),
+                [
+                    gettext_lazy(
+                        "The subscription and all data about it have been deleted. No more "
+                        "warnings will be sent. You can subscribe again at any time."
+                    )
+                ],
+                links=[(reverse("alerts-subscribe"), _("Subscription form"))],
+                private=True,
+            )
+        delete_error = _("Tick the box to confirm that all your data should be deleted.")
+        status = 400
+    elif action == "save":
+        form = PreferencesForm(request.POST)
+        if form.is_valid():
+            subscriber.areas = form.cleaned_data["areas"]
+            subscriber.categories = form.cleaned_data["categories"]
+            subscriber.save(update_fields=["areas", "categories"])
+            saved, form = True, None
+        else:
+            status = 400
+    elif request.method == "POST":
+        status = 400
+
+    if form is not None:
+        areas, categories = request.POST.getlist("areas"), request.POST.getlist("categories")
+    else:
+        areas, categories = subscriber.areas, subscriber.categories
+    return _private(
+        render(
+            request,
+            "alerts/preferences.html",
+            {
+                "subscriber": subscriber,
+                "form": form,
+                "errors": _errors(form) if form is not None else [],
+                "field_errors": (
+                    {n: list(m) for n, m in form.errors.items()} if form is not None else {}
+                ),
+                "areas": _options(AREAS, areas),
+                "categories": _options(CATEGORY_LABELS.items(), categories),
+                "saved": saved,
+                "delete_error": delete_error,
+                "unsubscribe_url": reverse("alerts-unsubscribe", args=[subscriber.token]),
+            },
+            status=status,
+        )
+    )
+
+
+CHANNELS = ("email", "sms")
+
+
+@csrf_exempt  # RFC 8058: the one-click POST has no CSRF token; only the URL's token is used.
+@require_http_methods(["GET", "POST"])
+def unsubscribe(request, token: str):
+    subscriber = _subscriber_or_404(token)
+    source = request.POST if request.method == "POST" else request.GET
+    channel = source.get("channel", "email")
+    if channel not in CHANNELS:
+        channel = "email"
+    if request.method == "GET":
+        return _private(
+            render(
+                request,
+                "alerts/unsubscribe.html",
+                {
+                    "subscriber": subscriber,
+                    "channel": channel,
+                    "preferences_url": reverse("alerts-preferences", args=[subscriber.token]),
+                },
+            )
+        )
+    if channel == "sms":
+        Subscriber.objects.filter(pk=subscriber.pk).update(phone="", phone_confirmed_at=None)
+        done = gettext_lazy("Text message warnings will no longer be sent to this number.")
+    else:
+        Subscriber.objects.filter(pk=subscriber.pk).update(email="", email_confirmed_at=None)
+        done = gettext_lazy("E-mail warnings will no longer be sent to this address.")
+    return _message(
+        request,
+        gettext_lazy("You have unsubscribed"),
+        [
+            done,
+            gettext_lazy("On the settings page the remaining data can be downloaded or deleted."),
+        ],
+        links=[
+            (reverse("alerts-preferences", args=[subscriber.token]), _("Subscription settings"))
+        ],
+        private=True,
+    )
+
+
+@require_GET
+def sms_unsubscribe(request, token: str):
+    """The short link at the end of every text message."""
+    subscriber = _subscriber_or_404(token)
+    response = redirect(reverse("alerts-unsubscribe", args=[subscriber.token]) + "?channel=sms")
+    return _private(response)
