@@ -31,6 +31,7 @@ import smtplib
 
 from django.conf import settings
 from django.core import signing
+from django.core.cache import cache
 from django.core.mail import send_mail
 from django.db import connection, transaction
 from django.http import Http404, HttpResponse
@@ -51,6 +52,9 @@ log = logging.getLogger(__name__)
 CONFIRM_SALT = "alerts.subscriptions.confirm-email"
 CONFIRM_MAX_AGE = 3 * 24 * 3600  # seconds: the link is valid for three days
 CONSENT_SOURCE = "web-form"
+# At most one confirmation (or "already subscribed") e-mail per subscriber in
+# this many seconds, however often the form is sent for the address.
+MAIL_COOLDOWN_SECONDS = 120
 
 # Where each field's error links to in the summary at the top of a form.
 ANCHORS = {
@@ -267,12 +271,18 @@ def subscribe(request):
     if not form.is_valid():
         return _subscribe_page(request, form, areas=areas, categories=categories, status=400)
     subscriber, to_send = subscribe_or_merge(form.cleaned_data, now=timezone.now())
+    cooldown = f"alerts:mailed:{subscriber.pk}"
+    if to_send and not cache.add(cooldown, 1, MAIL_COOLDOWN_SECONDS):
+        # The form sent again and again for one address: one e-mail per
+        # cooldown, so the form cannot be used to flood someone's inbox.
+        to_send = ""
     try:
         if to_send == "confirm":
             send_confirmation(subscriber)
         elif to_send == "already":
             send_already_subscribed(subscriber)
     except (smtplib.SMTPException, OSError):
+        cache.delete(cooldown)  # nothing went out: a retry may send at once
         log.exception("the confirmation e-mail to subscriber %s was not sent", subscriber.pk)
         return _subscribe_page(
             request,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from unittest import mock
 
 import pytest
@@ -31,6 +32,20 @@ LINK = re.compile(r"https?://\S+/alerts/confirm/(\S+)")
 def _mail(settings):
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.PUBLIC_BASE_URL = "https://egmina.example"
+    # A cache of this test alone (the mail cooldown lives there; never a
+    # flush of the shared Redis).
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
+            "LOCATION": f"subscriptions-{time.monotonic_ns()}",
+        }
+    }
+
+
+def cooldown_passes() -> None:
+    from django.core.cache import cache
+
+    cache.clear()  # a LocMem cache of this test alone
 
 
 def form(**fields):
@@ -206,6 +221,7 @@ def test_the_form_needs_csrf():
 
 def test_a_second_form_for_an_unconfirmed_address_updates_it_and_resends_the_link():
     first = subscribe(areas=["lipie"])
+    cooldown_passes()
     second = subscribe(email="Jan.Kowalski@EXAMPLE.pl", areas=["stykow"], categories=["Env"])
     assert first["Location"] == second["Location"]  # the same answer: nothing revealed
     subscriber = Subscriber.objects.get()
@@ -526,3 +542,21 @@ def test_the_email_unsubscribe_url_of_the_channel_is_the_one_served():
 
     assert reverse("alerts-unsubscribe", args=["abc"]) == "/alerts/unsubscribe/abc"
     assert reverse("alerts-sms-unsubscribe", args=["abc"]) == "/a/u/abc"
+
+
+@pytest.mark.django_db
+def test_the_form_cannot_flood_an_inbox(settings):
+    """Sent again and again for one address, the form mails it once per
+    cooldown (shared by all processes through the cache)."""
+    from django.core import mail
+    from django.test import Client
+
+    form = {
+        "email": "powodz@example.test",
+        "areas": ["przewrotne"],
+        "consent": "on",
+    }
+    client = Client()
+    for _ in range(5):
+        assert client.post("/alerts/subscribe/", form).status_code in (302, 303)
+    assert len(mail.outbox) == 1
