@@ -1,8 +1,12 @@
 from django.urls import path
 
-from alerts import callbacks, feeds, public, subscriptions
+from alerts import callbacks, console, feeds, public, subscriptions
 
 urlpatterns = [
+    path("alerts/console/", console.console, name="alerts-console"),
+    path("alerts/console/new/", console.compose, name="alerts-console-new"),
+    path("alerts/console/<int:pk>/", console.detail, name="alerts-console-detail"),
+    path("alerts/console/<int:pk>/edit/", console.compose, name="alerts-console-edit"),
     path("alerts/subscribe/", subscriptions.subscribe, name="alerts-subscribe"),
     path("alerts/confirm/<str:signed>", subscriptions.confirm, name="alerts-confirm"),
     path("alerts/preferences/<str:token>/", subscriptions.preferences, name="alerts-preferences"),
