@@ -22,14 +22,18 @@ class Result:
     permanent: bool = False  # retrying cannot help (a refused address…)
 
 
-def _plain(alert) -> str:
+def email_subject(alert) -> str:
+    return f"[{alert.severity}] {alert.headline}"
+
+
+def email_text(alert) -> str:
     lines = [alert.headline, "", alert.description]
     if alert.instruction:
         lines += ["", "Jak się zachować:", alert.instruction]
     return "\n".join(lines)
 
 
-def _html(alert) -> str:
+def email_html(alert) -> str:
     parts = [f"<h1>{escape(alert.headline)}</h1>", f"<p>{escape(alert.description)}</p>"]
     if alert.instruction:
         parts += ["<h2>Jak się zachować</h2>", f"<p>{escape(alert.instruction)}</p>"]
@@ -62,8 +66,8 @@ class EmailChannel:
         unsubscribe = f"{settings.PUBLIC_BASE_URL}/alerts/unsubscribe/{subscriber.token}"
         message_id = make_msgid(idstring=delivery.idempotency_key, domain="egmina.invalid")
         message = EmailMultiAlternatives(
-            subject=f"[{alert.severity}] {alert.headline}",
-            body=_plain(alert) + f"\n\nRezygnacja z powiadomień: {unsubscribe}\n",
+            subject=email_subject(alert),
+            body=email_text(alert) + f"\n\nRezygnacja z powiadomień: {unsubscribe}\n",
             from_email=settings.ALERTS["FROM_EMAIL"],
             to=[subscriber.email],
             headers={
@@ -74,7 +78,7 @@ class EmailChannel:
             },
             connection=self._connection(),
         )
-        message.attach_alternative(_html(alert), "text/html")
+        message.attach_alternative(email_html(alert), "text/html")
         try:
             message.send()
         except smtplib.SMTPRecipientsRefused as exc:

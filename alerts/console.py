@@ -49,7 +49,7 @@ from django.utils.translation import ngettext
 
 from alerts import outbox, rules
 from alerts.areas import AREAS, CATEGORY_LABELS
-from alerts.channels import _html, _plain
+from alerts.channels import email_html, email_subject, email_text
 from alerts.console_forms import (
     CERTAINTY_LABELS,
     SEVERITY_LABELS,
@@ -184,11 +184,6 @@ def _name(user) -> str:
     return user.get_full_name() or user.get_username()
 
 
-def email_subject(alert) -> str:
-    """As alerts.channels.EmailChannel writes it."""
-    return f"[{alert.severity}] {alert.headline}"
-
-
 def previews(alert) -> dict:
     """Each channel as it would go out. ``alert`` has headline, description,
     instruction and severity (an Alert or the form's data)."""
@@ -212,7 +207,7 @@ def previews(alert) -> dict:
     email_unsubscribe = f"{settings.PUBLIC_BASE_URL}/alerts/unsubscribe/{SAMPLE_TOKEN}"
     return {
         "email_subject": email_subject(alert),
-        "email_body": _plain(alert) + f"\n\nRezygnacja z powiadomień: {email_unsubscribe}\n",
+        "email_body": email_text(alert) + f"\n\nRezygnacja z powiadomień: {email_unsubscribe}\n",
         "sms": sent,
         "sms_whole": whole,
         "sms_shortened": sent["text"] != whole["text"],
@@ -455,10 +450,10 @@ def _test_send(alert: Alert, user) -> None:
     note = _("A test: only you received this message; no resident did.")
     send_mail(
         subject=email_subject(alert),
-        message=_plain(alert) + f"\n\n— {note}\n",
+        message=email_text(alert) + f"\n\n— {note}\n",
         from_email=settings.ALERTS["FROM_EMAIL"],
         recipient_list=[user.email],
-        html_message=_html(alert),
+        html_message=email_html(alert),
     )
     AlertAudit.objects.create(
         alert=alert,
