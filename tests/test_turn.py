@@ -22,7 +22,6 @@ import shutil
 import socket
 import struct
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcicetransport import connection_kwargs
 from av import VideoFrame
 from django.test import override_settings
+from test_settings import run_manage
 
 from signaling.turn import ice_servers, opaque_id, turn_credentials
 
@@ -172,20 +172,6 @@ def test_defaults_use_no_outside_server():
 
 
 # --- Settings: loud at start ------------------------------------------------------------
-
-
-def run_manage(*args, env):
-    hidden = {"DATABASE_URL", "REDIS_URL", "STUN_URLS", "TURN_URLS", "TURN_SECRET"}
-    hidden.add("TURN_CREDENTIAL_TTL")
-    clean = {k: v for k, v in os.environ.items() if k not in hidden}
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env={**clean, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 PRODUCTION = {

@@ -29,6 +29,7 @@ from alerts.sms_providers import (
 )
 from alerts.worker import Worker
 from tests.crisis.sms_servers import FakeSerwerSms, FakeSmsApi, Step
+from tests.crisis.test_outbox import new_alert as outbox_alert
 from tests.meet.helpers import make_user
 
 TOKEN = "provider-token-123"
@@ -63,24 +64,8 @@ def config(url: str, **fields) -> SmsConfig:
 
 
 def new_alert(**fields) -> Alert:
-    author = make_user(f"op{time.monotonic_ns()}", "operator")
-    base = {
-        "identifier": f"alert-{time.monotonic_ns()}",
-        "author": author,
-        "category": "Met",
-        "event": "Powódź",
-        "urgency": "Immediate",
-        "severity": "Minor",
-        "certainty": "Observed",
-        "headline": "Wysoki stan wody na Mrowli",
-        "description": "Przekroczony stan alarmowy.",
-        "instruction": "Nie zbliżaj się do wałów.",
-        "areas": ["przewrotne"],
-        "effective": timezone.now() - dt.timedelta(minutes=1),
-        "expires": timezone.now() + dt.timedelta(hours=6),
-        "state": "approved",
-    }
-    return Alert.objects.create(**{**base, **fields})
+    fields.setdefault("author", make_user(f"op{time.monotonic_ns()}", "operator"))
+    return outbox_alert(fields.pop("author"), headline="Wysoki stan wody na Mrowli", **fields)
 
 
 def subscriber(phone: str, **fields) -> Subscriber:

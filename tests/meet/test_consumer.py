@@ -778,61 +778,52 @@ async def test_the_log_and_the_chat_are_kept(connect):
     assert chat[0]["pid"] == pid
 
 
+async def change_unannounced(m, action, target=None) -> None:
+    """The host's action stored, but nobody told (as if its message were lost)."""
+    from signaling import rules, services
+
+    await database_sync_to_async(services.change_room_sync)(
+        m.code,
+        lambda room: rules.act(
+            room, m.host_pid, action, now=time.time(), limits=services.limits(), target=target
+        ),
+        now=time.time(),
+    )
+
+
 async def test_a_lost_room_update_is_caught_up_from_the_database(connect, settings):
     """The channel layer may drop a group message (a full queue) or lose one
     (a socket of the same process closing mid-receive); each socket compares
     its copy of the room with the stored one every MEETINGS["RESYNC_SECONDS"]."""
-    from signaling import rules, services
+    from signaling import rules
 
     settings.MEETINGS = {**settings.MEETINGS, "RESYNC_SECONDS": 0.2}
     m = await meet(connect)
     guest, guest_pid = await m.guest()
     await m.quiet(m.host, guest)
     # The host's admission is stored, but nobody is told (as if the message was lost).
-    await database_sync_to_async(services.change_room_sync)(
-        m.code,
-        lambda room: rules.act(
-            room,
-            m.host_pid,
-            rules.Action.ADMIT,
-            now=time.time(),
-            limits=services.limits(),
-            target=guest_pid,
-        ),
-        now=time.time(),
-    )
+    await change_unannounced(m, rules.Action.ADMIT, guest_pid)
     frame = await guest.until("room", timeout=3)
     assert frame["room"]["status"] == "admitted"
     assert (await m.host.until("room", timeout=3))["room"]["participants"][-1]["pid"] == guest_pid
 
 
 async def test_a_lost_removal_still_says_removed_and_closes_with_4003(connect, settings):
-    from signaling import rules, services
+    from signaling import rules
 
     settings.MEETINGS = {**settings.MEETINGS, "RESYNC_SECONDS": 0.2}
     m = await meet(connect)
     guest, guest_pid = await m.guest()
     await m.admit(guest_pid, guest)
     await m.quiet(guest)
-    await database_sync_to_async(services.change_room_sync)(
-        m.code,
-        lambda room: rules.act(
-            room,
-            m.host_pid,
-            rules.Action.REMOVE,
-            now=time.time(),
-            limits=services.limits(),
-            target=guest_pid,
-        ),
-        now=time.time(),
-    )
+    await change_unannounced(m, rules.Action.REMOVE, guest_pid)
     left = await guest.until("left", timeout=3)
     assert left["reason"] == "removed"
     assert await guest.closed() == 4003
 
 
 async def test_a_signal_that_rereads_the_room_catches_up_a_lost_end(connect):
-    from signaling import rules, services
+    from signaling import rules
 
     m = await meet(connect)
     guest, guest_pid = await m.guest()
@@ -840,12 +831,6 @@ async def test_a_signal_that_rereads_the_room_catches_up_a_lost_end(connect):
     await m.quiet(guest)
     # The end is stored but its message lost; the host then signals a pid its
     # copy of the room does not know, which makes it read the stored room.
-    await database_sync_to_async(services.change_room_sync)(
-        m.code,
-        lambda room: rules.act(
-            room, m.host_pid, rules.Action.END, now=time.time(), limits=services.limits()
-        ),
-        now=time.time(),
-    )
+    await change_unannounced(m, rules.Action.END)
     await m.host.send({"type": "signal", "to": "p0123456789", "candidate": CANDIDATE})
     assert (await m.host.until("ended", timeout=3))["message"]
