@@ -50,6 +50,9 @@ class Alert(models.Model):
         max_length=20, choices=_choices(rules.State), default=rules.State.DRAFT.value
     )
     published_at = models.DateTimeField(null=True, blank=True)
+    # Send the SMS in GSM-7 (Polish letters without diacritics): 160
+    # characters a part instead of 70, at some cost to the spelling.
+    sms_transliterate = models.BooleanField(default=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -112,12 +115,33 @@ class Subscriber(models.Model):
     categories = models.JSONField(default=list)  # empty: every category
     email_confirmed_at = models.DateTimeField(null=True, blank=True)
     phone_confirmed_at = models.DateTimeField(null=True, blank=True)
+    # The phone's double opt-in: a 6-digit code sent by SMS, kept only as a
+    # salted hash, with a limited number of tries.
+    phone_code_hash = models.CharField(max_length=128, blank=True)
+    phone_code_sent_at = models.DateTimeField(null=True, blank=True)
+    phone_code_attempts = models.PositiveSmallIntegerField(default=0)
+    # One browser's Web Push subscription (RFC 8030/8291): its endpoint on the
+    # browser's push service and the keys its messages are encrypted to. The
+    # browser's permission prompt is the opt-in.
+    push_endpoint = models.URLField(max_length=1000, blank=True)
+    push_p256dh = models.CharField(max_length=100, blank=True)
+    push_auth = models.CharField(max_length=50, blank=True)
+    push_confirmed_at = models.DateTimeField(null=True, blank=True)
     # The preferences page and one-click unsubscribe links carry this.
     token = models.CharField(max_length=64, unique=True, default=_token)
     consent_version = models.CharField(max_length=32)
     consent_at = models.DateTimeField()
     consent_source = models.CharField(max_length=64)
     created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["push_endpoint"],
+                condition=~models.Q(push_endpoint=""),
+                name="one_subscriber_per_push_endpoint",
+            )
+        ]
 
     def __str__(self) -> str:
         return self.email or self.phone or f"subscriber {self.pk}"

@@ -36,6 +36,8 @@ def channels_of(subscriber: Subscriber) -> list[str]:
         found.append(Delivery.Channel.EMAIL)
     if subscriber.phone and subscriber.phone_confirmed_at:
         found.append(Delivery.Channel.SMS)
+    if subscriber.push_endpoint and subscriber.push_confirmed_at:
+        found.append(Delivery.Channel.PUSH)
     return found
 
 

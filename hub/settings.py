@@ -261,6 +261,39 @@ ALERTS = {
     # CAP 1.2 sender (an address, no spaces or commas) and its readable name.
     "CAP_SENDER": env_str("ALERTS_CAP_SENDER", ""),
     "CAP_SENDER_NAME": env_str("ALERTS_CAP_SENDER_NAME", "Gmina Głogów Małopolski"),
+    # How many messages of a channel one worker has in flight at once, and
+    # at most how many it starts per second (0: no limit). SMS providers
+    # limit requests per second per account: the account's limit divided by
+    # the number of workers.
+    "EMAIL_CONCURRENCY": env_int("ALERTS_EMAIL_CONCURRENCY", 4, minimum=1),
+    "EMAIL_RATE": env_float("ALERTS_EMAIL_RATE", 0.0, minimum=0.0),
+    "SMS_CONCURRENCY": env_int("ALERTS_SMS_CONCURRENCY", 4, minimum=1),
+    "SMS_RATE": env_float("ALERTS_SMS_RATE", 50.0, minimum=0.0),
+    "PUSH_CONCURRENCY": env_int("ALERTS_PUSH_CONCURRENCY", 8, minimum=1),
+    "PUSH_RATE": env_float("ALERTS_PUSH_RATE", 0.0, minimum=0.0),
+    # Web Push: the VAPID key pair (RFC 8292; the private key as PEM or as
+    # base64url of the raw 32 bytes); empty turns browser notifications off.
+    "VAPID_PRIVATE_KEY": env_str("ALERTS_VAPID_PRIVATE_KEY", ""),
+    "VAPID_SUBJECT": env_str("ALERTS_VAPID_SUBJECT", "mailto:ostrzezenia@glogow-mlp.example"),
+    # The push services a browser subscription may point at: the server posts
+    # only to these hosts (a leading dot allows subdomains), never to an
+    # address someone typed in.
+    "PUSH_ALLOWED_HOSTS": env_list(
+        "ALERTS_PUSH_ALLOWED_HOSTS",
+        [
+            "fcm.googleapis.com",
+            "updates.push.services.mozilla.com",
+            ".push.apple.com",
+            ".notify.windows.com",
+        ],
+    ),
+    "PUSH_TIMEOUT": env_float("ALERTS_PUSH_TIMEOUT", 10.0, minimum=1.0),
+    # The phone's 6-digit confirmation code: valid this long, this many tries.
+    "PHONE_CODE_TTL_SECONDS": env_int("ALERTS_PHONE_CODE_TTL_SECONDS", 900, minimum=60),
+    "PHONE_CODE_MAX_ATTEMPTS": env_int("ALERTS_PHONE_CODE_MAX_ATTEMPTS", 5, minimum=1),
+    # The public subscribe form: at most this many submissions per client
+    # address per hour (each may send an e-mail or an SMS).
+    "SUBSCRIBE_PER_IP_PER_HOUR": env_int("ALERTS_SUBSCRIBE_PER_IP_PER_HOUR", 20, minimum=1),
 }
 if ALERTS["SMS_PROVIDER"] not in ("", "smsapi", "serwersms"):
     raise ConfigurationError(
