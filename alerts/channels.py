@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import smtplib
+import threading
 from dataclasses import dataclass
 from email.utils import make_msgid
 
@@ -13,6 +15,8 @@ from django.utils.html import escape
 
 from alerts.models import Delivery
 
+log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Result:
@@ -20,6 +24,9 @@ class Result:
     provider_id: str = ""
     error: str = ""
     permanent: bool = False  # retrying cannot help (a refused address…)
+    # The address is gone for good (a push subscription the push service
+    # no longer knows): the worker removes it from the subscriber.
+    forget_address: bool = False
 
 
 def email_subject(alert) -> str:
@@ -40,26 +47,52 @@ def email_html(alert) -> str:
     return '<!DOCTYPE html><html lang="pl"><body>' + "".join(parts) + "</body></html>"
 
 
+def _close_quietly(connection) -> None:
+    try:
+        connection.close()
+    except Exception as exc:  # a broken connection may fail to say goodbye
+        log.debug("closing an SMTP connection: %s", exc)
+
+
 class EmailChannel:
-    """SMTP with one connection kept open across messages (reopened after a
-    failure). Polish, plain text and HTML, with RFC 8058 one-click
-    unsubscribe headers."""
+    """SMTP with one connection kept open across messages per sending thread
+    (reopened after a failure). Polish, plain text and HTML, with RFC 8058
+    one-click unsubscribe headers. Safe to call from several threads: each
+    has its own connection."""
+
+    concurrent = True
 
     def __init__(self):
-        self.connection = None
+        self._local = threading.local()
+        self._open: list = []
+        self._lock = threading.Lock()
 
     def _connection(self):
-        if self.connection is None:
-            self.connection = get_connection(fail_silently=False)
-            self.connection.open()
-        return self.connection
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = get_connection(fail_silently=False)
+            connection.open()
+            self._local.connection = connection
+            with self._lock:
+                self._open.append(connection)
+        return connection
+
+    def _drop(self) -> None:
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._open:
+                    self._open.remove(connection)
+            _close_quietly(connection)
 
     def close(self) -> None:
-        if self.connection is not None:
-            try:
-                self.connection.close()
-            finally:
-                self.connection = None
+        """Close every thread's connection (the worker is stopping)."""
+        with self._lock:
+            connections, self._open = self._open, []
+        for connection in connections:
+            _close_quietly(connection)
+        self._local = threading.local()
 
     def send(self, delivery: Delivery) -> Result:
         alert, subscriber = delivery.alert, delivery.subscriber
@@ -84,6 +117,6 @@ class EmailChannel:
         except smtplib.SMTPRecipientsRefused as exc:
             return Result(False, error=f"refused: {exc.recipients}", permanent=True)
         except (smtplib.SMTPException, OSError) as exc:
-            self.close()
+            self._drop()
             return Result(False, error=f"{type(exc).__name__}: {exc}")
         return Result(True, provider_id=message_id)

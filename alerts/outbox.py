@@ -143,8 +143,17 @@ class Claimed:
     worker: str
 
 
-def claim(worker: str, *, now: float, batch: int, lease: float) -> list[Delivery]:
-    """Take up to ``batch`` due deliveries for ``worker`` for ``lease`` seconds."""
+def claim(
+    worker: str,
+    *,
+    now: float,
+    batch: int,
+    lease: float,
+    channels: list[str] | None = None,
+    exclude: list[str] | None = None,
+) -> list[Delivery]:
+    """Take up to ``batch`` due deliveries for ``worker`` for ``lease``
+    seconds (of the given ``channels`` only, or of all but ``exclude``)."""
     at = _at(now)
     due = (
         Delivery.objects.filter(status__in=[Status.QUEUED, Status.SENDING])
@@ -152,6 +161,10 @@ def claim(worker: str, *, now: float, batch: int, lease: float) -> list[Delivery
         .filter(Q(lease_until__isnull=True) | Q(lease_until__lt=at))
         .order_by("next_attempt_at", "id")
     )
+    if channels is not None:
+        due = due.filter(channel__in=channels)
+    if exclude:
+        due = due.exclude(channel__in=exclude)
     with transaction.atomic():
         if connection.features.has_select_for_update_skip_locked:
             due = due.select_for_update(skip_locked=True)
@@ -180,6 +193,34 @@ def sent(delivery: Delivery, worker: str, *, now: float, provider_id: str = "") 
             lease_until=None,
             last_error="",
         )
+    )
+
+
+# What each channel's address is made of, cleared when it is gone for good.
+ADDRESS_FIELDS = {
+    Delivery.Channel.EMAIL: {"email": "", "email_confirmed_at": None},
+    Delivery.Channel.SMS: {"phone": "", "phone_confirmed_at": None},
+    Delivery.Channel.PUSH: {
+        "push_endpoint": "",
+        "push_p256dh": "",
+        "push_auth": "",
+        "push_confirmed_at": None,
+    },
+}
+
+
+def forget_address(delivery: Delivery) -> None:
+    """The provider says this address no longer exists (a push subscription
+    answered 404/410): remove it, so no later alert tries it again. Only if
+    it is still the address this delivery was sent to."""
+    subscriber = delivery.subscriber
+    current = {
+        Delivery.Channel.EMAIL: {"email": subscriber.email},
+        Delivery.Channel.SMS: {"phone": subscriber.phone},
+        Delivery.Channel.PUSH: {"push_endpoint": subscriber.push_endpoint},
+    }[delivery.channel]
+    Subscriber.objects.filter(pk=subscriber.pk, **current).update(
+        **ADDRESS_FIELDS[delivery.channel]
     )
 
 

@@ -8,7 +8,9 @@ import os
 import secrets
 import signal
 import socket
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from django.conf import settings
@@ -56,43 +58,142 @@ def default_channels() -> dict:
     return channels
 
 
+class RateLimit:
+    """At most ``rate`` sends started per second, shared by a channel's
+    threads (a token bucket holding up to one second's worth; 0: no limit).
+    A caller that finds the bucket empty reserves the next token and sleeps
+    until it is due, so waiting callers keep their order."""
+
+    def __init__(self, rate: float, *, clock=time.monotonic, sleep=time.sleep):
+        self.rate = rate
+        self.burst = max(1.0, rate)
+        self.clock = clock
+        self.sleep = sleep
+        self.tokens = self.burst
+        self.last = clock()
+        self.lock = threading.Lock()
+
+    def reserve(self) -> float:
+        """Take a token; returns the seconds to wait before using it."""
+        if not self.rate:
+            return 0.0
+        with self.lock:
+            now = self.clock()
+            self.tokens = min(self.burst, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            self.tokens -= 1
+            return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
+
+    def acquire(self) -> None:
+        wait = self.reserve()
+        if wait > 0:
+            self.sleep(wait)
+
+
+class Lane:
+    """One channel's sending: a thread pool as wide as its concurrency (one
+    thread for a channel that is not safe to share) and its rate limit."""
+
+    def __init__(self, name: str, channel, *, concurrency: int, rate: float):
+        self.name = name
+        self.channel = channel
+        width = concurrency if getattr(channel, "concurrent", False) else 1
+        self.pool = ThreadPoolExecutor(max_workers=width, thread_name_prefix=f"alerts-{name}")
+        self.limit = RateLimit(rate)
+        self.width = width
+
+    def _send(self, delivery) -> Result:
+        self.limit.acquire()
+        try:
+            return self.channel.send(delivery)
+        except Exception as exc:  # a bug in a channel must not stop the rest
+            log.exception("delivery %s failed", delivery.pk)
+            return Result(False, error=f"{type(exc).__name__}: {exc}")
+
+    def submit(self, delivery) -> Future:
+        return self.pool.submit(self._send, delivery)
+
+    def batch(self, batch: int, lease: float) -> int:
+        """How many to claim at once: no more than can start within half the
+        lease at the rate limit, so a slow channel's rows are not claimed
+        again by another worker while still waiting here."""
+        if not self.limit.rate:
+            return batch
+        return max(1, min(batch, int(self.limit.rate * lease / 2)))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+        close = getattr(self.channel, "close", None)
+        if close:
+            close()
+
+
+def _limits(name: str) -> tuple[int, float]:
+    config = settings.ALERTS
+    key = name.upper()
+    return config.get(f"{key}_CONCURRENCY", 1), config.get(f"{key}_RATE", 0.0)
+
+
 class Worker:
     def __init__(self, *, name: str | None = None, channels: dict | None = None, clock=time.time):
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.channels = channels if channels is not None else default_channels()
+        self.lanes = {}
+        for channel_name, channel in self.channels.items():
+            concurrency, rate = _limits(channel_name)
+            self.lanes[channel_name] = Lane(
+                channel_name, channel, concurrency=concurrency, rate=rate
+            )
         self.clock = clock
         self.stopping = False
 
     def stop(self, *_args) -> None:
         self.stopping = True
 
-    def run_once(self) -> int:
-        """One batch: claim, send, record. Returns how many were claimed."""
+    def _claim(self) -> list:
+        """Due deliveries of every configured channel (each within its own
+        batch size), then of channels with none configured, to fail them."""
         config = settings.ALERTS
-        outbox.tick_alerts(now=self.clock())
-        batch = outbox.claim(
-            self.name, now=self.clock(), batch=config["BATCH"], lease=config["LEASE_SECONDS"]
+        batch, lease = config["BATCH"], config["LEASE_SECONDS"]
+        now = self.clock()
+        claimed = []
+        for name, lane in self.lanes.items():
+            claimed += outbox.claim(
+                self.name, now=now, batch=lane.batch(batch, lease), lease=lease, channels=[name]
+            )
+        claimed += outbox.claim(
+            self.name, now=now, batch=batch, lease=lease, exclude=list(self.lanes)
         )
+        return claimed
+
+    def _record(self, delivery, result: Result) -> None:
+        now = self.clock()
+        if result.ok:
+            outbox.sent(delivery, self.name, now=now, provider_id=result.provider_id)
+            return
+        if result.forget_address:
+            outbox.forget_address(delivery)
+        outbox.failed(delivery, self.name, now=now, error=result.error, permanent=result.permanent)
+
+    def run_once(self) -> int:
+        """One round: claim, send every channel's share at once, record each
+        result as it comes. Returns how many were claimed."""
+        outbox.tick_alerts(now=self.clock())
+        batch = self._claim()
+        pending: dict[Future, object] = {}
         for delivery in batch:
-            channel = self.channels.get(delivery.channel)
+            lane = self.lanes.get(delivery.channel)
             if delivery.channel not in outbox.channels_of(delivery.subscriber):
                 # Unsubscribed (or the address removed) after the alert went out.
-                result = Result(False, error="unsubscribed", permanent=True)
-            elif channel is None:
-                result = Result(False, error=f"no channel {delivery.channel} configured")
-            else:
-                try:
-                    result = channel.send(delivery)
-                except Exception as exc:  # a bug in a channel must not stop the rest
-                    log.exception("delivery %s failed", delivery.pk)
-                    result = Result(False, error=f"{type(exc).__name__}: {exc}")
-            now = self.clock()
-            if result.ok:
-                outbox.sent(delivery, self.name, now=now, provider_id=result.provider_id)
-            else:
-                outbox.failed(
-                    delivery, self.name, now=now, error=result.error, permanent=result.permanent
+                self._record(delivery, Result(False, error="unsubscribed", permanent=True))
+            elif lane is None:
+                self._record(
+                    delivery, Result(False, error=f"no channel {delivery.channel} configured")
                 )
+            else:
+                pending[lane.submit(delivery)] = delivery
+        for future in as_completed(pending):
+            self._record(pending[future], future.result())
         return len(batch)
 
     def run(self) -> None:
@@ -112,8 +213,9 @@ class Worker:
                 time.sleep(settings.ALERTS["POLL_SECONDS"])
             if not claimed:
                 time.sleep(settings.ALERTS["POLL_SECONDS"])
-        for channel in self.channels.values():
-            close = getattr(channel, "close", None)
-            if close:
-                close()
+        self.close()
         log.info("alerts worker %s stopped", self.name)
+
+    def close(self) -> None:
+        for lane in self.lanes.values():
+            lane.close()

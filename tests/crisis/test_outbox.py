@@ -60,9 +60,12 @@ def subscribers(n: int, **fields) -> list[Subscriber]:
     }
     rows = [
         Subscriber(
-            email=f"mieszkaniec{i}@example.test",
-            token=f"t{i}-{time.monotonic_ns()}",
-            **{**base, **fields},
+            **{
+                "email": f"mieszkaniec{i}@example.test",
+                "token": f"t{i}-{time.monotonic_ns()}",
+                **base,
+                **fields,
+            }
         )
         for i in range(n)
     ]
@@ -172,6 +175,7 @@ class Mailbox:
 
         self.received: Counter[str] = Counter()
         self.messages: list = []
+        self.sessions: set[int] = set()  # one per SMTP connection
         self.lock = threading.Lock()
 
         mailbox = self
@@ -179,6 +183,7 @@ class Mailbox:
         class Handler:
             async def handle_DATA(self, server, session, envelope):
                 with mailbox.lock:
+                    mailbox.sessions.add(id(session))
                     for rcpt in envelope.rcpt_tos:
                         mailbox.received[rcpt] += 1
                     if len(mailbox.messages) < 3:
