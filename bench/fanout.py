@@ -73,6 +73,26 @@ from bench.common import (
 
 TOPIC = "public.bench"
 GROUP = "bench"
+# With --banner: the crisis alerts' live banner (alerts.live): its topic, its
+# event type and an event of its shape (the measured fields come last).
+BANNER_TOPIC = "public.alerts"
+BANNER = {
+    "identifier": "ostrzezenie-powodziowe-przewrotne-0001",
+    "severity": "Severe",
+    "headline": "Ostrzeżenie powodziowe: przekroczony stan alarmowy na Mrowli",
+    "url": "/alerts/ostrzezenie-powodziowe-przewrotne-0001/",
+    "expires": 0.0,
+}
+
+
+def event(i: int, now: float, banner: bool) -> tuple[str, str, dict]:
+    """The ``i``-th event: (topic, type, data)."""
+    if banner:
+        data = {**BANNER, "expires": now + 6 * 3600, "n": i, "sent": now}
+        return BANNER_TOPIC, "alert.current", data
+    return TOPIC, "bench.tick", {"n": i, "sent": now}
+
+
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 SUBSCRIBE = json.dumps({"type": "subscribe", "id": "s", "topics": [TOPIC]}).encode()
 
@@ -382,6 +402,8 @@ def _reason(exc: BaseException) -> str:
 
 
 async def worker_main(conn, spec: dict) -> None:
+    global SUBSCRIBE
+    SUBSCRIBE = json.dumps({"type": "subscribe", "id": "s", "topics": [spec["topic"]]}).encode()
     loop = asyncio.get_running_loop()
     inbox: asyncio.Queue = asyncio.Queue()
 
@@ -527,7 +549,7 @@ async def _paced(events: int, rate: float, send) -> list[tuple[float, float]]:
     return spans
 
 
-async def publish_hub(redis_url: str, prefix: str, events: int, rate: float):
+async def publish_hub(redis_url: str, prefix: str, events: int, rate: float, banner: bool):
     from hub.bus import RedisBus
 
     bus = RedisBus(redis_url, prefix=prefix, buffer_size=1000, seq_ttl=86400)
@@ -536,14 +558,14 @@ async def publish_hub(redis_url: str, prefix: str, events: int, rate: float):
         await bus.redis.script_load(RedisBus._PUBLISH)
 
         async def send(i: int) -> None:
-            await bus.publish(TOPIC, "bench.tick", {"n": i, "sent": time.time()})
+            await bus.publish(*event(i, time.time(), banner))
 
         return await _paced(events, rate, send)
     finally:
         await bus.close()
 
 
-async def publish_naive(redis_url: str, prefix: str, events: int, rate: float):
+async def publish_naive(redis_url: str, prefix: str, events: int, rate: float, banner: bool):
     from channels_redis.core import RedisChannelLayer
 
     layer = RedisChannelLayer(hosts=[redis_url], prefix=prefix)
@@ -551,14 +573,15 @@ async def publish_naive(redis_url: str, prefix: str, events: int, rate: float):
 
         async def send(i: int) -> None:
             now = time.time()
+            topic, type_, data = event(i, now, banner)
             # The same frame as the hub's, serialized once by the publisher.
             text = json.dumps(
                 {
-                    "topic": TOPIC,
+                    "topic": topic,
                     "seq": i + 1,
                     "time": round(now, 4),
-                    "type": "bench.tick",
-                    "data": {"n": i, "sent": now},
+                    "type": type_,
+                    "data": data,
                 },
                 separators=(",", ":"),
             )
@@ -607,6 +630,7 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
             "client": args.client,
             "path": "/ws/live/" if kind == "hub" else "/ws/naive/",
             "subscribe": kind == "hub",
+            "topic": BANNER_TOPIC if args.banner else TOPIC,
             "concurrency": args.connect_concurrency,
             "timeout": args.connect_timeout,
             "connect_budget": args.connect_budget,
@@ -657,7 +681,7 @@ def run_one(kind: str, n: int, args, base_prefix: str, log_dir: Path) -> dict:
         cpu_servers1 = servers.cpu()
         meter.start()
         publish = publish_hub if kind == "hub" else publish_naive
-        spans = asyncio.run(publish(args.redis_url, prefix, args.events, args.rate))
+        spans = asyncio.run(publish(args.redis_url, prefix, args.events, args.rate, args.banner))
         last_publish = spans[-1][1]
         workers.send_all(("drain", last_publish + args.drain))
         results = workers.gather("result", args.drain + 60)
@@ -805,6 +829,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connect-budget", type=float, default=180.0, help="connect phase, s")
     parser.add_argument("--settle", type=float, default=1.0, help="s between connect and publish")
     parser.add_argument("--client", choices=["raw", "websockets"], default="raw")
+    parser.add_argument(
+        "--banner",
+        action="store_true",
+        help="the crisis alerts' live banner: topic public.alerts, alert.current events",
+    )
     add_server_options(
         parser, "extra environment of the server processes (e.g. WS_HEARTBEAT_INTERVAL=4)"
     )
@@ -829,6 +858,7 @@ def main(argv: list[str] | None = None) -> int:
         f"setup: {args.servers} server processes per kind, {args.procs} client processes "
         f"({args.client} client), {args.events} events at {args.rate:g}/s, drain {args.drain:g} s, "
         f"redis {args.redis_url} prefix {run.prefix}"
+        + ("\nevents: the live banner's (public.alerts, alert.current)" if args.banner else "")
         + (f"\nserver env: {' '.join(args.server_env)}" if args.server_env else "")
     )
     print(header, flush=True)

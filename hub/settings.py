@@ -262,13 +262,13 @@ ALERTS = {
     "CAP_SENDER": env_str("ALERTS_CAP_SENDER", ""),
     "CAP_SENDER_NAME": env_str("ALERTS_CAP_SENDER_NAME", "Gmina Głogów Małopolski"),
     # How many messages of a channel one worker has in flight at once, and
-    # at most how many it starts per second (0: no limit). SMS providers
-    # limit requests per second per account: the account's limit divided by
-    # the number of workers.
+    # at most how many it starts per second (0: no limit). Where a provider's
+    # contract limits requests per second, set its rate to that limit divided
+    # by the number of workers (a provider's 429 is retried with backoff).
     "EMAIL_CONCURRENCY": env_int("ALERTS_EMAIL_CONCURRENCY", 4, minimum=1),
     "EMAIL_RATE": env_float("ALERTS_EMAIL_RATE", 0.0, minimum=0.0),
     "SMS_CONCURRENCY": env_int("ALERTS_SMS_CONCURRENCY", 4, minimum=1),
-    "SMS_RATE": env_float("ALERTS_SMS_RATE", 50.0, minimum=0.0),
+    "SMS_RATE": env_float("ALERTS_SMS_RATE", 0.0, minimum=0.0),
     "PUSH_CONCURRENCY": env_int("ALERTS_PUSH_CONCURRENCY", 8, minimum=1),
     "PUSH_RATE": env_float("ALERTS_PUSH_RATE", 0.0, minimum=0.0),
     # Web Push: the VAPID key pair (RFC 8292; the private key as PEM or as
