@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.db.models import F, Q
 
 from alerts import live, rules
+from alerts.channels import Result
 from alerts.models import Alert, AlertAudit, Delivery, Subscriber
 
 Status = Delivery.Status
@@ -180,20 +181,69 @@ def claim(
     )
 
 
-def _mine(delivery: Delivery, worker: str):
-    return Delivery.objects.filter(pk=delivery.pk, claimed_by=worker, status=Status.SENDING)
-
-
 def sent(delivery: Delivery, worker: str, *, now: float, provider_id: str = "") -> bool:
-    return bool(
-        _mine(delivery, worker).update(
-            status=Status.SENT,
-            sent_at=_at(now),
-            provider_id=provider_id[:100],
-            lease_until=None,
-            last_error="",
+    return bool(record(worker, [(delivery, Result(True, provider_id=provider_id))], now=now))
+
+
+def failed(delivery: Delivery, worker: str, *, now: float, error: str, permanent: bool) -> bool:
+    """A failed try: again later with backoff, or for good after the limit
+    (or at once when the provider said it can never work)."""
+    result = Result(False, error=error, permanent=permanent)
+    return bool(record(worker, [(delivery, result)], now=now))
+
+
+def _apply(delivery: Delivery, result: Result, at: dt.datetime) -> None:
+    """What a result makes of a delivery (on the instance; saved by :func:`record`)."""
+    delivery.lease_until = None
+    delivery.updated_at = at
+    if result.ok:
+        delivery.status = Status.SENT
+        delivery.sent_at = at
+        delivery.provider_id = result.provider_id[:100]
+        delivery.last_error = ""
+        return
+    give_up = result.permanent or delivery.attempts >= settings.ALERTS["MAX_ATTEMPTS"]
+    delivery.status = Status.FAILED if give_up else Status.QUEUED
+    wait = 0 if give_up else backoff(delivery.attempts)
+    delivery.next_attempt_at = at + dt.timedelta(seconds=wait)
+    delivery.last_error = result.error[:300]
+
+
+RECORDED_FIELDS = [
+    "status",
+    "sent_at",
+    "provider_id",
+    "last_error",
+    "next_attempt_at",
+    "lease_until",
+    "updated_at",
+]
+
+
+def record(worker: str, outcomes: list[tuple[Delivery, Result]], *, now: float) -> int:
+    """Record the results of sends in one transaction, for the deliveries
+    ``worker`` still holds (a worker whose lease ran out records nothing:
+    another has the row). Addresses the provider says are gone are
+    forgotten. Returns how many were recorded."""
+    if not outcomes:
+        return 0
+    at = _at(now)
+    with transaction.atomic():
+        held = set(
+            Delivery.objects.select_for_update()
+            .filter(pk__in=[d.pk for d, _ in outcomes], claimed_by=worker, status=Status.SENDING)
+            .values_list("pk", flat=True)
         )
-    )
+        rows = []
+        for delivery, result in outcomes:
+            if delivery.pk not in held:
+                continue
+            _apply(delivery, result, at)
+            rows.append(delivery)
+            if result.forget_address:
+                forget_address(delivery)
+        Delivery.objects.bulk_update(rows, RECORDED_FIELDS, batch_size=500)
+    return len(rows)
 
 
 # What each channel's address is made of, cleared when it is gone for good.
@@ -229,17 +279,3 @@ def backoff(attempts: int) -> float:
     base = settings.ALERTS["RETRY_BASE_SECONDS"]
     cap = settings.ALERTS["RETRY_MAX_SECONDS"]
     return random.uniform(0, min(cap, base * 2 ** (attempts - 1)))
-
-
-def failed(delivery: Delivery, worker: str, *, now: float, error: str, permanent: bool) -> bool:
-    """A failed try: again later with backoff, or for good after the limit
-    (or at once when the provider said it can never work)."""
-    give_up = permanent or delivery.attempts >= settings.ALERTS["MAX_ATTEMPTS"]
-    return bool(
-        _mine(delivery, worker).update(
-            status=Status.FAILED if give_up else Status.QUEUED,
-            next_attempt_at=_at(now + (0 if give_up else backoff(delivery.attempts))),
-            lease_until=None,
-            last_error=error[:300],
-        )
-    )

@@ -10,11 +10,11 @@ import signal
 import socket
 import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from django.conf import settings
-from django.db import close_old_connections
+from django.db import close_old_connections, connection
 
 from alerts import outbox
 from alerts.channels import EmailChannel, Result
@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def default_channels() -> dict:
-    """E-mail always; SMS when a provider is configured (settings.ALERTS)."""
+    """E-mail always; SMS when a provider is configured, Web Push when a
+    VAPID key is (settings.ALERTS)."""
     channels = {"email": EmailChannel()}
     config = settings.ALERTS
     provider = config["SMS_PROVIDER"]
@@ -55,7 +56,20 @@ def default_channels() -> dict:
             test=config["SMS_TEST"],
         )
         channels["sms"] = (SmsApiChannel if provider == "smsapi" else SerwerSmsChannel)(sms)
+    from alerts.push import WebPushChannel
+
+    push = WebPushChannel.from_settings()
+    if push is not None:
+        channels["push"] = push
     return channels
+
+
+# Results are written together: at most this many, or this old (seconds),
+# before one transaction records them. A worker killed in between sends
+# those again after their lease (providers with an idempotency key ignore
+# the repeat).
+RECORD_EVERY = 50
+RECORD_WITHIN = 0.2
 
 
 class RateLimit:
@@ -145,74 +159,119 @@ class Worker:
                 channel_name, channel, concurrency=concurrency, rate=rate
             )
         self.clock = clock
-        self.stopping = False
+        self._stopped = threading.Event()
 
     def stop(self, *_args) -> None:
-        self.stopping = True
+        self._stopped.set()
 
     def _claim(self) -> list:
         """Due deliveries of every configured channel (each within its own
         batch size), then of channels with none configured, to fail them."""
+        claimed = []
+        for name in self.lanes:
+            claimed += self._claim_lane(name)
+        return claimed + self._claim_unconfigured()
+
+    def _claim_lane(self, name: str) -> list:
         config = settings.ALERTS
         batch, lease = config["BATCH"], config["LEASE_SECONDS"]
-        now = self.clock()
-        claimed = []
-        for name, lane in self.lanes.items():
-            claimed += outbox.claim(
-                self.name, now=now, batch=lane.batch(batch, lease), lease=lease, channels=[name]
-            )
-        claimed += outbox.claim(
-            self.name, now=now, batch=batch, lease=lease, exclude=list(self.lanes)
+        return outbox.claim(
+            self.name,
+            now=self.clock(),
+            batch=self.lanes[name].batch(batch, lease),
+            lease=lease,
+            channels=[name],
         )
-        return claimed
 
-    def _record(self, delivery, result: Result) -> None:
-        now = self.clock()
-        if result.ok:
-            outbox.sent(delivery, self.name, now=now, provider_id=result.provider_id)
-            return
-        if result.forget_address:
-            outbox.forget_address(delivery)
-        outbox.failed(delivery, self.name, now=now, error=result.error, permanent=result.permanent)
+    def _claim_unconfigured(self) -> list:
+        config = settings.ALERTS
+        return outbox.claim(
+            self.name,
+            now=self.clock(),
+            batch=config["BATCH"],
+            lease=config["LEASE_SECONDS"],
+            exclude=list(self.lanes),
+        )
 
-    def run_once(self) -> int:
-        """One round: claim, send every channel's share at once, record each
-        result as it comes. Returns how many were claimed."""
-        outbox.tick_alerts(now=self.clock())
-        batch = self._claim()
+    def _dispatch(self, batch: list) -> int:
+        """Send what was claimed, each channel's share in its lane at once,
+        and record the results as they come: together, in one transaction
+        per :data:`RECORD_EVERY` results or :data:`RECORD_WITHIN` seconds.
+        Returns how many were claimed."""
+        done: list[tuple[object, Result]] = []
         pending: dict[Future, object] = {}
         for delivery in batch:
             lane = self.lanes.get(delivery.channel)
             if delivery.channel not in outbox.channels_of(delivery.subscriber):
                 # Unsubscribed (or the address removed) after the alert went out.
-                self._record(delivery, Result(False, error="unsubscribed", permanent=True))
+                done.append((delivery, Result(False, error="unsubscribed", permanent=True)))
             elif lane is None:
-                self._record(
-                    delivery, Result(False, error=f"no channel {delivery.channel} configured")
-                )
+                error = f"no channel {delivery.channel} configured"
+                done.append((delivery, Result(False, error=error)))
             else:
                 pending[lane.submit(delivery)] = delivery
-        for future in as_completed(pending):
-            self._record(pending[future], future.result())
+        flushed = time.monotonic()
+        while pending:
+            finished, _ = wait(pending, timeout=RECORD_WITHIN, return_when=FIRST_COMPLETED)
+            for future in finished:
+                done.append((pending.pop(future), future.result()))
+            if len(done) >= RECORD_EVERY or time.monotonic() - flushed >= RECORD_WITHIN:
+                outbox.record(self.name, done, now=self.clock())
+                done, flushed = [], time.monotonic()
+        outbox.record(self.name, done, now=self.clock())
         return len(batch)
 
+    def run_once(self) -> int:
+        """One round of everything: publish and expire what time says,
+        claim every channel's due deliveries, send and record them. Returns
+        how many were claimed."""
+        outbox.tick_alerts(now=self.clock())
+        return self._dispatch(self._claim())
+
+    def _lane_loop(self, name: str) -> None:
+        """One channel's own loop (a thread of :meth:`run`), so a slow
+        channel never holds up a fast one."""
+        poll = settings.ALERTS["POLL_SECONDS"]
+        try:
+            while not self._stopped.is_set():
+                close_old_connections()
+                try:
+                    claimed = self._dispatch(self._claim_lane(name))
+                except Exception:
+                    log.exception("alerts worker: %s batch failed; trying again", name)
+                    claimed = 0
+                if not claimed:
+                    self._stopped.wait(poll)
+        finally:
+            connection.close()
+
     def run(self) -> None:
+        """Until SIGTERM: each channel in its own loop; this thread publishes
+        and expires what time says, fails deliveries of channels with no
+        sender, and touches the heartbeat file."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         log.info("alerts worker %s started", self.name)
-        heartbeat = settings.ALERTS["HEARTBEAT_FILE"]
-        while not self.stopping:
+        config = settings.ALERTS
+        heartbeat = config["HEARTBEAT_FILE"]
+        loops = [
+            threading.Thread(target=self._lane_loop, args=(name,), name=f"alerts-loop-{name}")
+            for name in self.lanes
+        ]
+        for loop in loops:
+            loop.start()
+        while not self._stopped.is_set():
             if heartbeat:
                 Path(heartbeat).touch()
             close_old_connections()
             try:
-                claimed = self.run_once()
+                outbox.tick_alerts(now=self.clock())
+                self._dispatch(self._claim_unconfigured())
             except Exception:
-                log.exception("alerts worker: batch failed; trying again")
-                claimed = 0
-                time.sleep(settings.ALERTS["POLL_SECONDS"])
-            if not claimed:
-                time.sleep(settings.ALERTS["POLL_SECONDS"])
+                log.exception("alerts worker: a round failed; trying again")
+            self._stopped.wait(config["POLL_SECONDS"])
+        for loop in loops:
+            loop.join()
         self.close()
         log.info("alerts worker %s stopped", self.name)
 
