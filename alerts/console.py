@@ -186,7 +186,10 @@ def _name(user) -> str:
 
 def previews(alert) -> dict:
     """Each channel as it would go out. ``alert`` has headline, description,
-    instruction and severity (an Alert or the form's data)."""
+    instruction, severity and sms_transliterate (an Alert or the form's
+    data). The SMS is shown as it goes out (GSM-7 when the service's setting
+    or the alert's own choice says so, as alerts.sms_providers.message_for),
+    and the other way too, so the operator sees what the choice saves."""
     config = settings.ALERTS
     max_parts = config["SMS_MAX_PARTS"]
     unsubscribe = unsubscribe_url(settings.PUBLIC_BASE_URL, SAMPLE_TOKEN)
@@ -201,9 +204,11 @@ def previews(alert) -> dict:
         )
         return {"text": text, "length": sms_length(text)}
 
-    transliterate = config["SMS_TRANSLITERATE"]
+    everywhere = config["SMS_TRANSLITERATE"]
+    transliterate = everywhere or bool(getattr(alert, "sms_transliterate", False))
     sent = sms(transliterate)
     whole = sms(transliterate, parts=1000)  # what it would be without the cut
+    gsm7, polish = sms(True), sms(False)
     email_unsubscribe = f"{settings.PUBLIC_BASE_URL}/alerts/unsubscribe/{SAMPLE_TOKEN}"
     return {
         "email_subject": email_subject(alert),
@@ -211,9 +216,12 @@ def previews(alert) -> dict:
         "sms": sent,
         "sms_whole": whole,
         "sms_shortened": sent["text"] != whole["text"],
-        "sms_gsm7": sms(True),
+        "sms_gsm7": gsm7,
+        "sms_polish": polish,
+        "sms_saving": polish["length"].segments - gsm7["length"].segments,
         "sms_max_parts": max_parts,
         "sms_transliterate": transliterate,
+        "sms_transliterate_everywhere": everywhere,
         "banner": f"{BANNER_TEXT.get(alert.severity, BANNER_TEXT['Unknown'])}: "
         f"{alert.headline} — {BANNER_TEXT['more']}",
     }
@@ -293,6 +301,7 @@ def _fields(form: AlertForm) -> dict:
             "areas",
             "effective",
             "expires",
+            "sms_transliterate",
         )
     }
 
@@ -346,7 +355,7 @@ def compose(request, pk: int | None = None):
         "templates": TEMPLATES.values(),
         "template_key": source.get("template", ""),
         "follow_type": source.get("type", ""),
-        "sms_transliterate": settings.ALERTS["SMS_TRANSLITERATE"],
+        "sms_transliterate_everywhere": settings.ALERTS["SMS_TRANSLITERATE"],
         "sms_max_parts": settings.ALERTS["SMS_MAX_PARTS"],
     }
     if request.method == "GET":
@@ -365,6 +374,7 @@ def compose(request, pk: int | None = None):
                 description=request.POST.get("description", ""),
                 instruction=request.POST.get("instruction", ""),
                 severity=request.POST.get("severity", rules.Severity.UNKNOWN.value),
+                sms_transliterate=bool(request.POST.get("sms_transliterate")),
             )
         )
         form.is_valid()  # show the errors beside the preview
@@ -397,7 +407,7 @@ def compose(request, pk: int | None = None):
                 state=rules.State.DRAFT.value,
                 **fields,
             )
-            detail = {"msg_type": msg_type}
+            detail = {"msg_type": msg_type, "sms_transliterate": fields["sms_transliterate"]}
             if original is not None:
                 detail["references"] = original.identifier
             AlertAudit.objects.create(
@@ -416,10 +426,17 @@ def compose(request, pk: int | None = None):
             if alert.state != rules.State.DRAFT:
                 _refused(request, "not_a_draft")
                 return redirect("alerts-console-detail", pk=alert.pk)
+            changed = sorted(name for name, new in fields.items() if getattr(alert, name) != new)
             for name, value in fields.items():
                 setattr(alert, name, value)
             alert.save(update_fields=list(fields))
-            AlertAudit.objects.create(alert=alert, action="edited", actor=request.user, at=_at(now))
+            AlertAudit.objects.create(
+                alert=alert,
+                action="edited",
+                actor=request.user,
+                at=_at(now),
+                detail={"changed": changed, "sms_transliterate": alert.sms_transliterate},
+            )
     messages.success(request, _("The draft is saved."), extra_tags="saved")
     return redirect("alerts-console-detail", pk=alert.pk)
 

@@ -96,6 +96,11 @@ class AlertForm(forms.Form):
         _("Time in Poland (Europe/Warsaw). A start in the future schedules the alert."),
     )
     expires = _when(_("In force until"))
+    sms_transliterate = forms.BooleanField(
+        label=_("Send the SMS without Polish letters (GSM-7: 160 characters a part instead of 70)"),
+        help_text=_("ą → a, ł → l…: the text message costs fewer parts, at some cost to spelling."),
+        required=False,
+    )
 
     def __init__(self, *args, msg_type: str = rules.MsgType.ALERT.value, **kwargs):
         super().__init__(*args, **kwargs)
@@ -160,7 +165,12 @@ def initial_from_template(key: str, *, now: dt.datetime | None = None) -> dict:
     """The form's initial data from an alert template (empty for an unknown key)."""
     template = TEMPLATES.get(key)
     now = (now or timezone.now()).replace(second=0, microsecond=0)
-    base = {"effective": now, "expires": now + dt.timedelta(hours=24), "areas": []}
+    base = {
+        "effective": now,
+        "expires": now + dt.timedelta(hours=24),
+        "areas": [],
+        "sms_transliterate": False,
+    }
     if template is None:
         return base
     return {
@@ -196,6 +206,7 @@ def initial_from_original(original, msg_type: str, *, now: dt.datetime | None = 
         "description": original.description,
         "instruction": original.instruction,
         "areas": list(original.areas),
+        "sms_transliterate": original.sms_transliterate,
         "effective": now,
         "expires": max(original.expires, now + dt.timedelta(hours=1)),
     }

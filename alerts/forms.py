@@ -1,5 +1,6 @@
 """The subscription forms: the public one (channels, areas, categories,
-consent) and the preferences behind a subscriber's token (areas, categories)."""
+consent), the preferences behind a subscriber's token (areas, categories, a
+new phone number) and the phone's confirmation code."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ PHONE_ERRORS = {
 }
 
 ONE_LINE = _("Enter it on one line.")
+
+SMS_UNAVAILABLE = _(
+    "Warnings by text message are not available at the moment, so a phone number "
+    "cannot be subscribed. Leave the field empty and give an e-mail address."
+)
+
+
+def clean_phone_number(text: str) -> str:
+    """A Polish number in E.164, or a ValidationError that says what is wrong."""
+    try:
+        return normalize_phone(text)
+    except InvalidPhone as exc:
+        raise forms.ValidationError(PHONE_ERRORS[exc.reason], code=exc.reason) from None
 
 
 class PreferencesForm(forms.Form):
@@ -96,6 +110,12 @@ class SubscriptionForm(PreferencesForm):
 
     field_order = ["email", "phone", "areas", "categories", "consent"]
 
+    def __init__(self, *args, sms: bool = True, **kwargs):
+        """``sms``: whether text messages can be sent (an SMS provider is
+        configured); without it a number is refused, never kept unconfirmable."""
+        super().__init__(*args, **kwargs)
+        self.sms = sms
+
     def clean_email(self):
         email = self.cleaned_data["email"]
         if not email:
@@ -107,16 +127,35 @@ class SubscriptionForm(PreferencesForm):
         phone = self.cleaned_data["phone"]
         if not phone:
             return ""
-        try:
-            return normalize_phone(phone)
-        except InvalidPhone as exc:
-            raise forms.ValidationError(PHONE_ERRORS[exc.reason], code=exc.reason) from None
+        if not self.sms:
+            raise forms.ValidationError(SMS_UNAVAILABLE, code="sms_unavailable")
+        return clean_phone_number(phone)
 
     def clean(self):
         cleaned = super().clean()
         if not self.has_error("email") and not self.has_error("phone"):
             if not cleaned.get("email") and not cleaned.get("phone"):
-                raise forms.ValidationError(
-                    _("Enter an e-mail address, a phone number, or both."), code="no_channel"
+                message = (
+                    _("Enter an e-mail address, a phone number, or both.")
+                    if self.sms
+                    else _("Enter an e-mail address.")
                 )
+                raise forms.ValidationError(message, code="no_channel")
         return cleaned
+
+
+class PhoneForm(forms.Form):
+    """A number added or changed on the preferences page: confirmed by a code."""
+
+    phone = OneLineCharField(
+        max_length=40, error_messages={"required": PHONE_ERRORS["phone_empty"]}
+    )
+
+    def __init__(self, *args, sms: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sms = sms
+
+    def clean_phone(self):
+        if not self.sms:
+            raise forms.ValidationError(SMS_UNAVAILABLE, code="sms_unavailable")
+        return clean_phone_number(self.cleaned_data["phone"])

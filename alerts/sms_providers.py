@@ -31,9 +31,14 @@ lose them all. Unknown error codes are retried (the worker's attempt limit
 still ends them).
 
 The text: the alert's headline and instruction, shortened to fit ``max_parts``
-parts (see :func:`compose`), optionally transliterated to GSM-7 (the
-operator's choice), and a short unsubscribe link ``{base}/a/u/<token>`` at the
-end, which is never cut.
+parts (see :func:`compose`), transliterated to GSM-7 when the service's
+setting (``ALERTS_SMS_TRANSLITERATE``) or the operator's choice for the alert
+(``Alert.sms_transliterate``) says so, and a short unsubscribe link
+``{base}/a/u/<token>`` at the end, which is never cut.
+
+Besides alerts, each channel sends a free text to one number with its own
+idempotency key (``send_text``: a phone's confirmation code, alerts.phone_codes).
+:func:`configured_channel` builds the channel of ``settings.ALERTS``.
 """
 
 from __future__ import annotations
@@ -43,9 +48,12 @@ import http.client
 import json
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
+
+from django.conf import settings
 
 from alerts.channels import Result
 from alerts.models import Delivery
@@ -187,14 +195,67 @@ def compose(
 
 
 def message_for(delivery: Delivery, config: SmsConfig) -> str:
+    """The alert's SMS to this subscriber: in GSM-7 when the whole service is
+    set so (``config.transliterate``) or the operator chose it for this alert
+    (``Alert.sms_transliterate``)."""
     alert, subscriber = delivery.alert, delivery.subscriber
     return compose(
         alert.headline,
         alert.instruction,
         unsubscribe_url(config.public_base_url, subscriber.token),
         max_parts=config.max_parts,
-        transliterate=config.transliterate,
+        transliterate=config.transliterate or alert.sms_transliterate,
     )
+
+
+# --- From the settings -------------------------------------------------------
+
+DEFAULT_BASE_URLS = {
+    "smsapi": "https://api.smsapi.pl",
+    "serwersms": "https://api2.serwersms.pl",
+}
+
+
+def sms_available() -> bool:
+    """Whether an SMS provider is configured (``ALERTS_SMS_PROVIDER``): without
+    one no text message can go out, not even a phone's confirmation code."""
+    return bool(settings.ALERTS["SMS_PROVIDER"])
+
+
+def configured_config() -> SmsConfig | None:
+    """The :class:`SmsConfig` of ``settings.ALERTS`` (``ALERTS_SMS_*``), or
+    None when no provider is configured."""
+    config = settings.ALERTS
+    provider = config["SMS_PROVIDER"]
+    if not provider:
+        return None
+    secret = config["SMS_CALLBACK_SECRET"]
+    notify = (
+        f"{settings.PUBLIC_BASE_URL}/alerts/sms/smsapi/{secret}/report"
+        if provider == "smsapi" and secret
+        else ""
+    )
+    return SmsConfig(
+        base_url=config["SMS_BASE_URL"] or DEFAULT_BASE_URLS[provider],
+        token=config["SMS_TOKEN"],
+        sender=config["SMS_SENDER"],
+        public_base_url=settings.PUBLIC_BASE_URL,
+        notify_url=notify,
+        max_parts=config["SMS_MAX_PARTS"],
+        transliterate=config["SMS_TRANSLITERATE"],
+        timeout=config["SMS_TIMEOUT"],
+        test=config["SMS_TEST"],
+    )
+
+
+def configured_channel() -> SmsApiChannel | SerwerSmsChannel | None:
+    """The channel of the configured provider (a new connection: ``close()``
+    it when done), or None when no provider is configured."""
+    config = configured_config()
+    if config is None:
+        return None
+    provider = settings.ALERTS["SMS_PROVIDER"]
+    return (SmsApiChannel if provider == "smsapi" else SerwerSmsChannel)(config)
 
 
 # --- HTTP --------------------------------------------------------------------
@@ -298,6 +359,38 @@ class _Http:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+class _Provider:
+    """What both providers' channels share: their settings, and a keep-alive
+    connection per sending thread (the worker sends from several at once)."""
+
+    concurrent = True
+
+    def __init__(self, config: SmsConfig):
+        _Http(config)  # a bad provider URL fails now, not at the first alert
+        self.config = config
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._open: list[_Http] = []
+
+    @property
+    def http(self) -> _Http:
+        """This thread's connection to the provider."""
+        connection = getattr(self._local, "http", None)
+        if connection is None:
+            connection = self._local.http = _Http(self.config)
+            with self._lock:
+                self._open.append(connection)
+        return connection
+
+    def close(self) -> None:
+        """Close every thread's connection (the worker is stopping)."""
+        with self._lock:
+            opened, self._open = self._open, []
+        for connection in opened:
+            connection.close()
+        self._local = threading.local()
+
+
 def _json(data: bytes):
     try:
         return json.loads(data.decode("utf-8"))
@@ -398,32 +491,30 @@ def smsapi_result(status: int, data: bytes) -> Result:
     return Result(False, error=f"smsapi unexpected answer: {_short(data)}")
 
 
-class SmsApiChannel:
+class SmsApiChannel(_Provider):
     """SMSAPI.pl: ``POST /sms.do`` (form fields, ``format=json``), ``idx`` +
     ``check_idx=1`` for idempotency, delivery reports to ``notify_url``."""
 
     provider = "smsapi"
 
-    def __init__(self, config: SmsConfig):
-        self.config = config
-        self.http = _Http(config)
-
-    def close(self) -> None:
-        self.http.close()
-
     def form(self, delivery: Delivery, phone: str, text: str) -> dict[str, str]:
+        return self.fields(phone, text, key=delivery.idempotency_key)
+
+    def fields(
+        self, phone: str, text: str, *, key: str, reports: bool = True, max_parts: int = 0
+    ) -> dict[str, str]:
         fields = {
             "to": phone.lstrip("+"),
             "message": text,
             "encoding": "utf-8",
-            "idx": delivery.idempotency_key,
+            "idx": key,
             "check_idx": "1",
             "format": "json",
-            "max_parts": str(self.config.max_parts),
+            "max_parts": str(max_parts or self.config.max_parts),
         }
         if self.config.sender:
             fields["from"] = self.config.sender
-        if self.config.notify_url:
+        if self.config.notify_url and reports:
             fields["notify_url"] = self.config.notify_url
         if self.config.test:
             fields["test"] = "1"
@@ -434,7 +525,20 @@ class SmsApiChannel:
             phone = normalize_phone(delivery.subscriber.phone)
         except InvalidPhone as exc:
             return Result(False, error=f"invalid phone: {exc.reason}", permanent=True)
-        body = urlencode(self.form(delivery, phone, message_for(delivery, self.config)))
+        return self._post(self.form(delivery, phone, message_for(delivery, self.config)))
+
+    def send_text(self, phone: str, text: str, key: str) -> Result:
+        """One free text (a phone's confirmation code) to one number, sent
+        once for ``key`` (``idx``). No delivery reports: no delivery row
+        would match them."""
+        try:
+            phone = normalize_phone(phone)
+        except InvalidPhone as exc:
+            return Result(False, error=f"invalid phone: {exc.reason}", permanent=True)
+        return self._post(self.fields(phone, text, key=key, reports=False, max_parts=1))
+
+    def _post(self, fields: dict[str, str]) -> Result:
+        body = urlencode(fields)
         try:
             status, data = self.http.request(
                 "/sms.do",
@@ -484,18 +588,11 @@ def serwersms_result(status: int, data: bytes) -> Result:
     return Result(False, error=f"serwersms unexpected answer: {_short(data)}")
 
 
-class SerwerSmsChannel:
+class SerwerSmsChannel(_Provider):
     """SerwerSMS.pl: ``POST /messages/send_sms.json`` (JSON), ``unique_id``
     for idempotency (checked with ``messages/reports`` before a retry)."""
 
     provider = "serwersms"
-
-    def __init__(self, config: SmsConfig):
-        self.config = config
-        self.http = _Http(config)
-
-    def close(self) -> None:
-        self.http.close()
 
     def _post(self, path: str, payload: dict, *, retry_dropped: bool) -> tuple[int, bytes]:
         body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
@@ -516,11 +613,14 @@ class SerwerSmsChannel:
         return None
 
     def payload(self, delivery: Delivery, phone: str, text: str) -> dict:
+        return self.text_payload(phone, text, delivery.idempotency_key)
+
+    def text_payload(self, phone: str, text: str, key: str) -> dict:
         payload = {
             "phone": phone,
             "text": text,
             "utf": not is_gsm7(text),
-            "unique_id": unique_id(delivery.idempotency_key),
+            "unique_id": unique_id(key),
             "details": True,
         }
         if self.config.sender:
@@ -535,8 +635,22 @@ class SerwerSmsChannel:
         except InvalidPhone as exc:
             return Result(False, error=f"invalid phone: {exc.reason}", permanent=True)
         payload = self.payload(delivery, phone, message_for(delivery, self.config))
+        return self._deliver(payload, retry=delivery.attempts > 1)
+
+    def send_text(self, phone: str, text: str, key: str) -> Result:
+        """One free text (a phone's confirmation code) to one number, sent
+        once for ``key`` (``unique_id``)."""
         try:
-            if delivery.attempts > 1:  # an earlier attempt may have got through
+            phone = normalize_phone(phone)
+        except InvalidPhone as exc:
+            return Result(False, error=f"invalid phone: {exc.reason}", permanent=True)
+        return self._deliver(self.text_payload(phone, text, key), retry=False)
+
+    def _deliver(self, payload: dict, *, retry: bool) -> Result:
+        """Send ``payload``; ``retry``: an earlier attempt with its
+        ``unique_id`` may have got through, so ask first."""
+        try:
+            if retry:  # an earlier attempt may have got through
                 found = self.already_sent(payload["unique_id"])
                 if found:
                     return Result(True, provider_id=found)

@@ -2,16 +2,39 @@
 
 - ``subscribe``: the public form (e-mail and/or phone, areas, categories,
   consent). The e-mail address is confirmed with a signed link (double
-  opt-in, :data:`CONFIRM_MAX_AGE`); a phone number is stored unconfirmed (no
-  SMS is sent to it until it is confirmed).
-- ``confirm``: the link from the e-mail.
+  opt-in, :data:`CONFIRM_MAX_AGE`); a phone number with a 6-digit code sent
+  by SMS (alerts.phone_codes). No SMS goes to a number until it is confirmed,
+  and without an SMS provider the form offers no phone field.
+- ``confirm``: the link from the e-mail. When the row has a number still to
+  confirm, the page links to the phone page.
+- ``phone``: the phone page, behind a signed link bound to the row and the
+  number (:func:`phone_token`): type the code, or have a new one sent
+  (a cooldown per number, a cap per hour per subscriber).
 - ``preferences``: behind the subscriber's unguessable token: areas and
-  categories, an export of the data (JSON) and deletion (GDPR).
+  categories, a new phone number (confirmed by a code), an export of the data
+  (JSON) and deletion (GDPR).
 - ``unsubscribe``: the page every e-mail links to. GET only shows a button
   (mail scanners follow links); POST stops the channel, and accepts RFC 8058
   one-click (``List-Unsubscribe=One-Click``, no CSRF token: the token in the
   URL is the only thing acted on). ``sms_unsubscribe`` is the short link of
   the text messages.
+
+Phone numbers. A form with an e-mail address sends only the e-mail: the number
+is stored unconfirmed, and the code is asked for from the confirmation page
+(so the form's answer never depends on whether the address is known). A form
+with a number alone sends the code at once and leads to the phone page, also
+for a number already confirmed (typing the code again changes nothing), so
+again the answer is the same for a known number and a new one. The phone page
+is behind a signed link of the row and number, not the subscriber's token:
+whoever sends a form for an unconfirmed row gets no lasting access to it. A
+confirmed code leads to the settings page only when the row has no e-mail
+address still unconfirmed (else the code proves the number, not the address).
+
+Limits. Each client address (REMOTE_ADDR, per /64 for IPv6: hub.auth; behind
+the proxy daphne's ``--proxy-headers`` puts the client there) may send
+``SUBSCRIBE_PER_IP_PER_HOUR`` forms (and requests for a new code) an hour;
+beyond that the answer is 429 and nothing is changed. The counters live in
+the Django cache (Redis when there is one), as the cooldowns do.
 
 Duplicates. One row per e-mail address (or, without one, per phone number). A
 second form for the same address does not make a second row and the page says
@@ -24,10 +47,13 @@ settings page instead.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import logging
+import math
 import smtplib
+import time
 
 from django.conf import settings
 from django.core import signing
@@ -39,13 +65,23 @@ from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils import timezone, translation
 from django.utils.translation import gettext as _
-from django.utils.translation import gettext_lazy
+from django.utils.translation import gettext_lazy, ngettext
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_http_methods
 
+from alerts import phone_codes
 from alerts.areas import AREAS, CATEGORY_LABELS
-from alerts.forms import CONSENT_TEXT, CONSENT_VERSION, PreferencesForm, SubscriptionForm
+from alerts.forms import (
+    CONSENT_TEXT,
+    CONSENT_VERSION,
+    PhoneForm,
+    PreferencesForm,
+    SubscriptionForm,
+)
 from alerts.models import Subscriber
+from alerts.phone_codes import Outcome
+from alerts.sms_providers import configured_channel, sms_available
+from hub.auth import address_limit_key
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +91,12 @@ CONSENT_SOURCE = "web-form"
 # At most one confirmation (or "already subscribed") e-mail per subscriber in
 # this many seconds, however often the form is sent for the address.
 MAIL_COOLDOWN_SECONDS = 120
+PHONE_SALT = "alerts.subscriptions.phone-page"
+# At most one code SMS per number in this many seconds, and at most
+# CODES_PER_HOUR codes to one subscriber an hour (whatever the numbers).
+CODE_COOLDOWN_SECONDS = 60
+CODES_PER_HOUR = 5
+HOUR = 3600
 
 # Where each field's error links to in the summary at the top of a form.
 ANCHORS = {
@@ -118,11 +160,95 @@ def _message(request, heading, paragraphs, *, links=(), status=200, private=Fals
     return _private(response) if private else response
 
 
+def _cooldown(key: str, seconds: int) -> bool:
+    """True (and the cooldown starts) when ``key`` is not cooling down. The
+    value is when it ends, for the page to say how long to wait. ``add`` is
+    atomic in Redis and in LocMem: two requests at once cannot both pass."""
+    return cache.add(key, time.time() + seconds, seconds)
+
+
+def _wait_left(key: str) -> int:
+    """Seconds until the cooldown ``key`` ends (0: none)."""
+    ends = cache.get(key)
+    return max(0, math.ceil(ends - time.time())) if isinstance(ends, int | float) else 0
+
+
+def _count(key: str, window: int) -> int:
+    """Add one to a counter that starts at the first count and lives
+    ``window`` seconds; the new count. ``incr`` is atomic (Redis INCRBY, which
+    keeps the key's expiry)."""
+    cache.add(key, 0, window)
+    try:
+        return cache.incr(key)
+    except ValueError:  # it expired between the two calls: a new window
+        cache.add(key, 1, window)
+        return 1
+
+
+def _over_address_limit(request) -> bool:
+    """Count this request for its client address; True when the address has
+    sent more than SUBSCRIBE_PER_IP_PER_HOUR within the hour."""
+    address = address_limit_key(request.META.get("REMOTE_ADDR") or "unknown")
+    count = _count(f"alerts:per-address:{address}", HOUR)
+    return count > settings.ALERTS["SUBSCRIBE_PER_IP_PER_HOUR"]
+
+
+def _too_many_requests(request):
+    response = _message(
+        request,
+        gettext_lazy("Too many requests"),
+        [
+            gettext_lazy(
+                "Too many forms have been sent from this network within an hour, so this one "
+                "was not accepted and nothing was changed. Please try again in an hour."
+            )
+        ],
+        status=429,
+        private=True,
+    )
+    response["Retry-After"] = str(HOUR)
+    return response
+
+
 def confirmation_token(subscriber: Subscriber) -> str:
     """Signed, expiring, bound to the address: the link stops working when the
     address is removed or changed."""
     payload = {"id": subscriber.pk, "email": subscriber.email.lower()}
     return signing.dumps(payload, salt=CONFIRM_SALT, compress=True)
+
+
+def phone_token(subscriber: Subscriber) -> str:
+    """The phone page's link: signed, expiring, bound to the row and the
+    number (it stops working when the number changes or is removed)."""
+    return signing.dumps({"id": subscriber.pk, "phone": subscriber.phone}, salt=PHONE_SALT)
+
+
+def phone_url(subscriber: Subscriber) -> str:
+    return reverse("alerts-phone", args=[phone_token(subscriber)])
+
+
+def send_code(subscriber: Subscriber) -> str:
+    """Text a new code to the subscriber's number, within the limits.
+    Returns ``"sent"``, ``"wait"`` (the number's cooldown or the hourly cap),
+    ``"failed"`` (the provider did not take it) or ``"unavailable"``."""
+    if not sms_available():
+        return "unavailable"
+    cooldown = f"alerts:texted:{subscriber.pk}:{subscriber.phone}"
+    if not _cooldown(cooldown, CODE_COOLDOWN_SECONDS):
+        return "wait"
+    if _count(f"alerts:codes:{subscriber.pk}", HOUR) > CODES_PER_HOUR:
+        return "wait"
+    channel = configured_channel()
+    try:
+        result = phone_codes.start(
+            subscriber.pk, subscriber.phone, now=timezone.now(), channel=channel
+        )
+    finally:
+        channel.close()
+    if not result.ok:
+        cache.delete(cooldown)  # nothing went out: a retry may send at once
+        return "failed"
+    return "sent"
 
 
 def _send(subject: str, body: str, to: str) -> None:
@@ -201,8 +327,10 @@ def subscribe_or_merge(data: dict, *, now) -> tuple[Subscriber, str]:
             return found, "already" if found.email else ""
         found.areas = data["areas"]
         found.categories = data["categories"]
-        if phone:
+        if phone and phone != found.phone:
             found.phone = phone
+            found.phone_code_hash, found.phone_code_sent_at = "", None
+            found.phone_code_attempts = 0
         for name, value in consent.items():
             setattr(found, name, value)
         found.save()
@@ -228,6 +356,7 @@ def _subscribe_page(request, form, *, areas, categories, status=200, problem="")
             "email": form.data.get("email", "") if form.is_bound else "",
             "phone": form.data.get("phone", "") if form.is_bound else "",
             "consent": bool(form.data.get("consent")) if form.is_bound else False,
+            "sms_available": form.sms,
         },
         status=status,
     )
@@ -253,26 +382,34 @@ def subscribe(request):
                     ),
                 ],
             )
-        if sent == "phone":
-            return _message(
-                request,
-                gettext_lazy("Thank you"),
-                [
-                    gettext_lazy(
-                        "The phone number has been saved. Text message warnings will be "
-                        "sent only after the number is confirmed."
-                    )
-                ],
-            )
-        return _subscribe_page(request, SubscriptionForm(), areas=[], categories=[])
+        return _subscribe_page(
+            request, SubscriptionForm(sms=sms_available()), areas=[], categories=[]
+        )
 
-    form = SubscriptionForm(request.POST)
+    if _over_address_limit(request):
+        return _too_many_requests(request)
+    form = SubscriptionForm(request.POST, sms=sms_available())
     areas, categories = request.POST.getlist("areas"), request.POST.getlist("categories")
     if not form.is_valid():
         return _subscribe_page(request, form, areas=areas, categories=categories, status=400)
     subscriber, to_send = subscribe_or_merge(form.cleaned_data, now=timezone.now())
+    if not form.cleaned_data["email"]:
+        # A number alone: its code now, and the page to type it in.
+        if send_code(subscriber) == "failed":
+            return _subscribe_page(
+                request,
+                form,
+                areas=areas,
+                categories=categories,
+                status=503,
+                problem=_(
+                    "The text message with the code could not be sent just now. "
+                    "Please try again in a few minutes."
+                ),
+            )
+        return redirect(phone_url(subscriber))
     cooldown = f"alerts:mailed:{subscriber.pk}"
-    if to_send and not cache.add(cooldown, 1, MAIL_COOLDOWN_SECONDS):
+    if to_send and not _cooldown(cooldown, MAIL_COOLDOWN_SECONDS):
         # The form sent again and again for one address: one e-mail per
         # cooldown, so the form cannot be used to flood someone's inbox.
         to_send = ""
@@ -295,8 +432,7 @@ def subscribe(request):
                 "Please try again in a few minutes."
             ),
         )
-    sent = "email" if form.cleaned_data["email"] else "phone"
-    return redirect(f"{reverse('alerts-subscribe')}?sent={sent}")
+    return redirect(f"{reverse('alerts-subscribe')}?sent=email")
 
 
 @require_GET
@@ -329,21 +465,30 @@ def confirm(request, signed: str):
         if subscriber.email_confirmed_at is None:
             subscriber.email_confirmed_at = timezone.now()
             subscriber.save(update_fields=["email_confirmed_at"])
+    paragraphs = [
+        gettext_lazy("Thank you. Warnings for the chosen areas will be sent to %(email)s.")
+        % {"email": subscriber.email},
+        gettext_lazy(
+            "On the settings page (link below) the areas and categories can be changed "
+            "and the data downloaded or deleted. The unsubscribe link in every warning "
+            "e-mail leads there too."
+        ),
+    ]
+    links = [(reverse("alerts-preferences", args=[subscriber.token]), _("Subscription settings"))]
+    if subscriber.phone and not subscriber.phone_confirmed_at and sms_available():
+        paragraphs.append(
+            gettext_lazy(
+                "Text messages to %(phone)s will be sent once the number is confirmed with a "
+                "code: open the link below to have it sent."
+            )
+            % {"phone": subscriber.phone}
+        )
+        links.insert(0, (phone_url(subscriber), _("Confirm the phone number")))
     return _message(
         request,
         gettext_lazy("Subscription confirmed"),
-        [
-            gettext_lazy("Thank you. Warnings for the chosen areas will be sent to %(email)s.")
-            % {"email": subscriber.email},
-            gettext_lazy(
-                "On the settings page (link below) the areas and categories can be changed "
-                "and the data downloaded or deleted. The unsubscribe link in every warning "
-                "e-mail leads there too."
-            ),
-        ],
-        links=[
-            (reverse("alerts-preferences", args=[subscriber.token]), _("Subscription settings"))
-        ],
+        paragraphs,
+        links=links,
         private=True,
     )
 
@@ -357,6 +502,173 @@ def _bad_link(request, reason):
         status=400,
         private=True,
     )
+
+
+# --- The phone's code ---------------------------------------------------------
+
+CODE_PROBLEMS = {
+    Outcome.NO_CODE: gettext_lazy(
+        "No code is waiting for this number (it was used, replaced or never sent). "
+        "Have a new code sent with the button below."
+    ),
+    Outcome.EXPIRED: gettext_lazy(
+        "This code has expired. Have a new code sent with the button below."
+    ),
+    Outcome.EXHAUSTED: gettext_lazy(
+        "The code is wrong, and that was the last try: the code no longer works. "
+        "Have a new code sent with the button below."
+    ),
+    Outcome.MALFORMED: gettext_lazy("Enter the 6 digits of the code from the text message."),
+}
+
+
+def _phone_subscriber(signed: str) -> Subscriber | None:
+    """The row of a phone page link, while it still has that number."""
+    try:
+        payload = signing.loads(signed, salt=PHONE_SALT, max_age=CONFIRM_MAX_AGE)
+    except signing.BadSignature:  # SignatureExpired too
+        return None
+    if not isinstance(payload, dict) or not isinstance(payload.get("id"), int):
+        return None
+    phone = payload.get("phone")
+    if not isinstance(phone, str) or not phone:
+        return None
+    return Subscriber.objects.filter(pk=payload["id"], phone=phone).first()
+
+
+def _phone_page(request, subscriber, *, status=200, problem="", notice=""):
+    state = phone_codes.state_of(subscriber)
+    config = settings.ALERTS
+    ttl = config["PHONE_CODE_TTL_SECONDS"]
+    active = bool(
+        state.code_hash
+        and state.sent_at
+        and (timezone.now() - state.sent_at).total_seconds() <= ttl
+    )
+    wait = _wait_left(f"alerts:texted:{subscriber.pk}:{subscriber.phone}")
+    return _private(
+        render(
+            request,
+            "alerts/phone.html",
+            {
+                "subscriber": subscriber,
+                "confirmed": bool(subscriber.phone_confirmed_at) and not active,
+                "active": active,
+                "expires_at": state.sent_at + dt.timedelta(seconds=ttl) if active else None,
+                "tries_left": config["PHONE_CODE_MAX_ATTEMPTS"] - state.attempts,
+                "minutes": max(1, ttl // 60),
+                "wait": wait,
+                "problem": problem,
+                "notice": notice,
+                "sms_available": sms_available(),
+            },
+            status=status,
+        )
+    )
+
+
+def _phone_confirmed(request, subscriber: Subscriber):
+    paragraphs = [
+        gettext_lazy("Thank you. Text message warnings will be sent to %(phone)s.")
+        % {"phone": subscriber.phone}
+    ]
+    links = []
+    if subscriber.email and not subscriber.email_confirmed_at:
+        # The code proves the number, not the address: the settings link
+        # comes with the e-mail.
+        paragraphs.append(
+            gettext_lazy(
+                "The link to the subscription settings is in the e-mail sent to the address "
+                "given in the form."
+            )
+        )
+    else:
+        paragraphs.append(
+            gettext_lazy(
+                "On the settings page (link below) the areas and categories can be changed "
+                "and the data downloaded or deleted. Every text message ends with a link "
+                "to unsubscribe."
+            )
+        )
+        links = [
+            (reverse("alerts-preferences", args=[subscriber.token]), _("Subscription settings"))
+        ]
+    return _message(
+        request,
+        gettext_lazy("Phone number confirmed"),
+        paragraphs,
+        links=links,
+        private=True,
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def phone(request, signed: str):
+    """Type the code from the SMS (``action=confirm``) or have a new one
+    sent (``action=send``)."""
+    subscriber = _phone_subscriber(signed)
+    if subscriber is None:
+        return _bad_link(
+            request,
+            gettext_lazy(
+                "This link is not valid (it may have expired, or the phone number was "
+                "changed). Please fill in the subscription form again."
+            ),
+        )
+    if request.method == "GET":
+        notice = _("A new code has been sent.") if request.GET.get("sent") == "1" else ""
+        return _phone_page(request, subscriber, notice=notice)
+
+    action = request.POST.get("action")
+    if action == "send":
+        if _over_address_limit(request):
+            return _too_many_requests(request)
+        outcome = send_code(subscriber)
+        if outcome == "sent":
+            return redirect(f"{reverse('alerts-phone', args=[signed])}?sent=1")
+        problems = {
+            "wait": (429, _("A new code cannot be sent yet. Please wait a moment.")),
+            "failed": (
+                503,
+                _(
+                    "The text message with the code could not be sent just now. "
+                    "Please try again in a few minutes."
+                ),
+            ),
+            "unavailable": (
+                503,
+                _("Text messages cannot be sent at the moment. Please try again later."),
+            ),
+        }
+        status, problem = problems[outcome]
+        subscriber.refresh_from_db()
+        return _phone_page(request, subscriber, status=status, problem=problem)
+    if action != "confirm":
+        return _phone_page(request, subscriber, status=400)
+
+    verdict = phone_codes.confirm(
+        subscriber.pk,
+        subscriber.phone,
+        request.POST.get("code", "")[:40],
+        now=timezone.now(),
+    )
+    subscriber.refresh_from_db()
+    if verdict.outcome is Outcome.CONFIRMED:
+        return _phone_confirmed(request, subscriber)
+    if verdict.outcome is Outcome.NO_CODE and subscriber.phone_confirmed_at:
+        return _phone_page(request, subscriber)  # confirmed already (a code sent twice)
+    if verdict.outcome is Outcome.WRONG:
+        problem = ngettext(
+            "The code is wrong. You have %(tries)d more try.",
+            "The code is wrong. You have %(tries)d more tries.",
+            verdict.tries_left,
+        ) % {"tries": verdict.tries_left}
+    else:
+        problem = str(CODE_PROBLEMS[verdict.outcome])
+    return _phone_page(request, subscriber, status=400, problem=problem)
+
+
+# --- Preferences ---------------------------------------------------------------
 
 
 def export_data(subscriber: Subscriber) -> dict:
@@ -405,9 +717,31 @@ def preferences(request, token: str):
         response["Content-Disposition"] = 'attachment; filename="subskrypcja-ostrzezen.json"'
         return _private(response)
 
-    form, status, saved, delete_error = None, 200, False, ""
+    form, phone_form, status, saved, delete_error = None, None, 200, False, ""
     action = request.POST.get("action") if request.method == "POST" else None
-    if action == "delete":
+    if action == "phone":
+        if _over_address_limit(request):
+            return _too_many_requests(request)
+        phone_form = PhoneForm(request.POST, sms=sms_available())
+        if phone_form.is_valid():
+            number = phone_form.cleaned_data["phone"]
+            if number != subscriber.phone or not subscriber.phone_confirmed_at:
+                if number != subscriber.phone:
+                    # A new number is confirmed anew; a code sent to the old one is void.
+                    Subscriber.objects.filter(pk=subscriber.pk).update(
+                        phone=number,
+                        phone_confirmed_at=None,
+                        phone_code_hash="",
+                        phone_code_sent_at=None,
+                        phone_code_attempts=0,
+                    )
+                    subscriber.refresh_from_db()
+                send_code(subscriber)  # "wait" or "failed": the phone page offers a new one
+                return redirect(phone_url(subscriber))
+            saved, phone_form = True, None
+        else:
+            status = 400
+    elif action == "delete":
         if request.POST.get("confirm_delete") == "yes":
             subscriber.delete()  # its deliveries go with it (on_delete=CASCADE)
             return _message(
@@ -440,6 +774,9 @@ def preferences(request, token: str):
         areas, categories = request.POST.getlist("areas"), request.POST.getlist("categories")
     else:
         areas, categories = subscriber.areas, subscriber.categories
+    errors = _errors(form) if form is not None else []
+    if phone_form is not None:
+        errors += _errors(phone_form)
     return _private(
         render(
             request,
@@ -447,10 +784,18 @@ def preferences(request, token: str):
             {
                 "subscriber": subscriber,
                 "form": form,
-                "errors": _errors(form) if form is not None else [],
+                "errors": errors,
                 "field_errors": (
                     {n: list(m) for n, m in form.errors.items()} if form is not None else {}
                 ),
+                "phone_errors": list(phone_form.errors.get("phone", [])) if phone_form else [],
+                "phone_value": phone_form.data.get("phone", "") if phone_form else "",
+                "phone_url": (
+                    phone_url(subscriber)
+                    if subscriber.phone and not subscriber.phone_confirmed_at
+                    else ""
+                ),
+                "sms_available": sms_available(),
                 "areas": _options(AREAS, areas),
                 "categories": _options(CATEGORY_LABELS.items(), categories),
                 "saved": saved,

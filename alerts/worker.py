@@ -18,6 +18,8 @@ from django.db import close_old_connections, connection
 
 from alerts import outbox
 from alerts.channels import EmailChannel, Result
+from alerts.push import WebPushChannel
+from alerts.sms_providers import configured_channel
 
 log = logging.getLogger(__name__)
 
@@ -26,38 +28,9 @@ def default_channels() -> dict:
     """E-mail always; SMS when a provider is configured, Web Push when a
     VAPID key is (settings.ALERTS)."""
     channels = {"email": EmailChannel()}
-    config = settings.ALERTS
-    provider = config["SMS_PROVIDER"]
-    if provider:
-        from alerts.sms_providers import SerwerSmsChannel, SmsApiChannel, SmsConfig
-
-        base = (
-            config["SMS_BASE_URL"]
-            or {
-                "smsapi": "https://api.smsapi.pl",
-                "serwersms": "https://api2.serwersms.pl",
-            }[provider]
-        )
-        secret = config["SMS_CALLBACK_SECRET"]
-        notify = (
-            f"{settings.PUBLIC_BASE_URL}/alerts/sms/smsapi/{secret}/report"
-            if provider == "smsapi" and secret
-            else ""
-        )
-        sms = SmsConfig(
-            base_url=base,
-            token=config["SMS_TOKEN"],
-            sender=config["SMS_SENDER"],
-            public_base_url=settings.PUBLIC_BASE_URL,
-            notify_url=notify,
-            max_parts=config["SMS_MAX_PARTS"],
-            transliterate=config["SMS_TRANSLITERATE"],
-            timeout=config["SMS_TIMEOUT"],
-            test=config["SMS_TEST"],
-        )
-        channels["sms"] = (SmsApiChannel if provider == "smsapi" else SerwerSmsChannel)(sms)
-    from alerts.push import WebPushChannel
-
+    sms = configured_channel()
+    if sms is not None:
+        channels["sms"] = sms
     push = WebPushChannel.from_settings()
     if push is not None:
         channels["push"] = push

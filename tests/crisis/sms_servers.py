@@ -54,6 +54,10 @@ class _State:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as the real APIs
+    # Headers and body go out in two writes: without TCP_NODELAY the second
+    # waits for the client's delayed ACK (40 ms a message), which no real
+    # provider's server makes anyone wait.
+    disable_nagle_algorithm = True
     server_version = "fake-sms"
 
     def log_message(self, *args) -> None:  # quiet
@@ -253,6 +257,7 @@ class FakeProvider:
     """A loopback provider on a free port; ``with FakeSmsApi(token) as api:``."""
 
     handler: type[_Handler]
+    provider: str  # its name in ALERTS_SMS_PROVIDER
 
     def __init__(self, token: str = "test-token"):
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self.handler)
@@ -260,7 +265,10 @@ class FakeProvider:
         self.server.state = _State(token=token)
         self.server.seen_idx = set()
         self.server.blacklist = set()
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        # A short poll: stop() (shutdown) waits for it, once per test.
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
 
     @property
     def url(self) -> str:
@@ -283,6 +291,16 @@ class FakeProvider:
     @property
     def blacklist(self) -> set[str]:
         return self.server.blacklist
+
+    def settings(self, alerts: dict) -> dict:
+        """``settings.ALERTS`` with this server as the configured provider
+        (alerts.sms_providers.configured_channel)."""
+        return {
+            **alerts,
+            "SMS_PROVIDER": self.provider,
+            "SMS_BASE_URL": self.url,
+            "SMS_TOKEN": self.server.state.token,
+        }
 
     def then(self, *steps: Step) -> None:
         """Answer the next send requests with these steps, in order."""
@@ -308,6 +326,10 @@ class FakeProvider:
 class FakeSmsApi(FakeProvider):
     handler = _SmsApiHandler
 
+    provider = "smsapi"
+
 
 class FakeSerwerSms(FakeProvider):
     handler = _SerwerSmsHandler
+
+    provider = "serwersms"

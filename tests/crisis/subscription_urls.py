@@ -9,6 +9,7 @@ urlpatterns = [
     path("alerts/subscribe/", subscriptions.subscribe, name="alerts-subscribe"),
     path("alerts/confirm/<str:signed>", subscriptions.confirm, name="alerts-confirm"),
     path("alerts/preferences/<str:token>/", subscriptions.preferences, name="alerts-preferences"),
+    path("alerts/phone/<str:signed>/", subscriptions.phone, name="alerts-phone"),
     path("alerts/unsubscribe/<str:token>", subscriptions.unsubscribe, name="alerts-unsubscribe"),
     path("a/u/<str:token>", subscriptions.sms_unsubscribe, name="alerts-sms-unsubscribe"),
     path("", include("hub.urls")),

@@ -458,3 +458,64 @@ def test_actions_need_the_csrf_token():
     client.post(url, {"action": "submit", "csrfmiddlewaretoken": token})
     alert.refresh_from_db()
     assert alert.state == "approved"
+
+
+# --- SMS without Polish letters, per alert ---------------------------------------
+
+
+def test_the_transliteration_box_changes_the_preview_and_is_kept_with_its_audit():
+    client = client_for(operator("anna"))
+    page = client.get(NEW).content.decode()
+    assert 'name="sms_transliterate"' in page and 'type="checkbox"' in page
+    assert 'aria-describedby="id_sms_transliterate-hint"' in page
+
+    # Unticked: sent with Polish letters, the GSM-7 version beside it.
+    plain = client.post(NEW, form(action="preview"))
+    assert preview_value(plain, "sms-encoding") == "UCS-2"
+    assert preview_value(plain, "sms-parts") == "2"
+    assert preview_value(plain, "sms-gsm7-parts") == "1"
+    # Ticked: sent in GSM-7, the Polish version beside it, both counts shown.
+    ticked = client.post(NEW, form(action="preview", sms_transliterate="on"))
+    assert preview_value(ticked, "sms-encoding") == "GSM-7"
+    assert preview_value(ticked, "sms-parts") == "1"
+    assert preview_value(ticked, "sms").startswith("Uwaga: burza\nZostan w domu.")
+    assert preview_value(ticked, "sms-polish-encoding") == "UCS-2"
+    assert preview_value(ticked, "sms-polish-parts") == "2"
+    comparison = preview_value(ticked, "sms-comparison")
+    assert "2" in comparison and "1" in comparison
+    assert re.search(r'<input[^>]*name="sms_transliterate"[^>]*checked', ticked.content.decode())
+
+    alert = save_draft(client, sms_transliterate="on")
+    assert alert.sms_transliterate is True
+    created = AlertAudit.objects.get(alert=alert, action="created")
+    assert created.detail["sms_transliterate"] is True
+    detail = client.get(f"{CONSOLE}{alert.pk}/").content.decode()
+    assert 'data-fact="sms-transliterate"' in detail
+    assert re.search(r'data-preview="sms-encoding">GSM-7<', detail)
+
+    # Editing the draft: the box starts ticked; unticking it is recorded.
+    edit = client.get(f"{CONSOLE}{alert.pk}/edit/").content.decode()
+    assert re.search(r'<input[^>]*name="sms_transliterate"[^>]*checked', edit)
+    response = client.post(f"{CONSOLE}{alert.pk}/edit/", form())
+    assert response.status_code == 302
+    alert.refresh_from_db()
+    assert alert.sms_transliterate is False
+    edited = AlertAudit.objects.get(alert=alert, action="edited")
+    assert "sms_transliterate" in edited.detail["changed"]
+    assert "headline" not in edited.detail["changed"]
+    assert edited.detail["sms_transliterate"] is False
+
+
+def test_an_update_keeps_the_transliteration_choice_of_the_original():
+    client = client_for(operator("anna"))
+    original = publish_minor(client, sms_transliterate="on")
+    page = client.get(f"{NEW}?follow={original.pk}&type=update").content.decode()
+    assert re.search(r'<input[^>]*name="sms_transliterate"[^>]*checked', page)
+
+
+def test_the_service_wide_setting_transliterates_every_alert(settings):
+    settings.ALERTS = {**settings.ALERTS, "SMS_TRANSLITERATE": True}
+    client = client_for(operator("anna"))
+    response = client.post(NEW, form(action="preview"))
+    assert preview_value(response, "sms-encoding") == "GSM-7"
+    assert 'data-preview="sms-comparison"' not in response.content.decode()

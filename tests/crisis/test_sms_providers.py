@@ -321,7 +321,14 @@ def test_smsapi_a_retry_with_the_same_idx_is_not_sent_twice(smsapi):
 
 @pytest.mark.django_db(transaction=True)
 def test_the_worker_sends_each_recipient_once_through_smsapi_despite_lost_answers(smsapi, settings):
-    settings.ALERTS = {**settings.ALERTS, "RETRY_BASE_SECONDS": 1.0, "RETRY_MAX_SECONDS": 2.0}
+    # One sending thread: the scripted answers meet the requests in order on
+    # one kept-alive connection.
+    settings.ALERTS = {
+        **settings.ALERTS,
+        "RETRY_BASE_SECONDS": 1.0,
+        "RETRY_MAX_SECONDS": 2.0,
+        "SMS_CONCURRENCY": 1,
+    }
     author = make_user("operator-sms", "operator")
     phones = [f"+4860020{i:04d}" for i in range(30)]
     for phone in phones:
@@ -596,3 +603,76 @@ def test_an_idle_connection_is_reopened_before_use(smsapi):
     finally:
         channel.close()
     assert smsapi.connections == 2 and smsapi.requests == 3
+
+
+# --- Per-alert transliteration, free texts, the configured channel ----------------
+
+
+@pytest.mark.django_db
+def test_the_alerts_own_choice_transliterates_its_sms(smsapi):
+    from alerts.sms_providers import message_for
+
+    polish = delivery("600 100 201")
+    plain = delivery("600 100 202", alert=new_alert(sms_transliterate=True))
+    assert not is_gsm7(message_for(polish, config(smsapi.url)))
+    assert message_for(plain, config(smsapi.url)).startswith(
+        "Wysoki stan wody na Mrowli\nNie zblizaj sie do walow."
+    )
+    # The service-wide setting transliterates every alert.
+    assert is_gsm7(message_for(polish, config(smsapi.url, transliterate=True)))
+    channel = SmsApiChannel(config(smsapi.url))
+    try:
+        assert channel.send(plain).ok
+    finally:
+        channel.close()
+    [sent] = smsapi.accepted
+    assert is_gsm7(sent["message"]) and sent["parts"] == 1
+
+
+def test_send_text_goes_once_per_key_without_reports(smsapi, serwersms):
+    api = SmsApiChannel(config(smsapi.url))
+    try:
+        first = api.send_text("600 100 200", "Kod: 123456", "code1xabc")
+        again = api.send_text("+48600100200", "Kod: 123456", "code1xabc")
+        bad = api.send_text("+49 151 1234567", "Kod: 123456", "code1xdef")
+    finally:
+        api.close()
+    assert first.ok and first.provider_id and again.ok  # the same idx: sent once
+    assert not bad.ok and bad.permanent
+    [sent] = smsapi.accepted
+    assert sent["to"] == "48600100200" and sent["idx"] == "code1xabc"
+    assert "notify_url" not in sent and sent["max_parts"] == "1"
+
+    serwer = SerwerSmsChannel(config(serwersms.url))
+    try:
+        result = serwer.send_text("600100200", "Kod: 123456", "code1xabc")
+    finally:
+        serwer.close()
+    [sent] = serwersms.accepted
+    assert result.ok and sent["unique_id"] == "code1xabc" and sent["utf"] is False
+
+
+def test_the_configured_channel_comes_from_the_settings(settings):
+    from alerts.sms_providers import configured_channel, configured_config, sms_available
+
+    settings.ALERTS = {**settings.ALERTS, "SMS_PROVIDER": ""}
+    assert configured_channel() is None and not sms_available()
+    settings.PUBLIC_BASE_URL = "https://e-uslugi.example"
+    settings.ALERTS = {
+        **settings.ALERTS,
+        "SMS_PROVIDER": "smsapi",
+        "SMS_BASE_URL": "",
+        "SMS_TOKEN": "t",
+        "SMS_SENDER": "Gmina",
+        "SMS_CALLBACK_SECRET": "s3cret",
+        "SMS_TRANSLITERATE": True,
+    }
+    channel = configured_channel()
+    assert isinstance(channel, SmsApiChannel) and sms_available()
+    assert channel.config.base_url == "https://api.smsapi.pl"
+    assert channel.config.notify_url == "https://e-uslugi.example/alerts/sms/smsapi/s3cret/report"
+    assert channel.config.sender == "Gmina" and channel.config.transliterate
+    settings.ALERTS = {**settings.ALERTS, "SMS_PROVIDER": "serwersms"}
+    assert isinstance(configured_channel(), SerwerSmsChannel)
+    assert configured_config().base_url == "https://api2.serwersms.pl"
+    assert configured_config().notify_url == ""

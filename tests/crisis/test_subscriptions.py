@@ -21,11 +21,20 @@ from alerts.areas import AREA_CODES, AREAS, CATEGORY_LABELS, normalize_areas
 from alerts.forms import CONSENT_VERSION
 from alerts.models import Alert, Delivery, Subscriber
 from alerts.rules import WHOLE_GMINA, Category
+from tests.crisis.sms_servers import FakeSmsApi
 from tests.meet.helpers import make_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.crisis.subscription_urls")]
 
 LINK = re.compile(r"https?://\S+/alerts/confirm/(\S+)")
+
+
+@pytest.fixture(autouse=True)
+def smsapi(settings):
+    """A loopback SMSAPI.pl as the configured provider (phone codes go there)."""
+    with FakeSmsApi("subscriptions-token") as server:
+        settings.ALERTS = server.settings(settings.ALERTS)
+        yield server
 
 
 @pytest.fixture(autouse=True)
@@ -115,7 +124,7 @@ def test_the_form_is_polish_with_every_area_category_and_the_consent():
     assert 'name="consent"' in page
 
 
-def test_subscribing_creates_an_unconfirmed_subscriber_and_sends_the_link():
+def test_subscribing_creates_an_unconfirmed_subscriber_and_sends_the_link(smsapi):
     response = subscribe(phone="600 123 456", categories=["Met", "Transport"])
     assert response.status_code == 302
     assert response["Location"] == "/alerts/subscribe/?sent=email"
@@ -138,6 +147,9 @@ def test_subscribing_creates_an_unconfirmed_subscriber_and_sends_the_link():
     assert "potwierdzenie" in message.subject.lower()
     assert "Dzień dobry" in message.body and "3 dni" in message.body
     assert LINK.search(message.body).group(0).startswith("https://egmina.example/alerts/confirm/")
+    # The number's code is asked for from the confirmation page, not sent by the
+    # form: the form's answer is the same for a known address and a new one.
+    assert smsapi.accepted == []
 
 
 def test_the_whole_gmina_replaces_the_other_areas_and_all_categories_mean_none():
@@ -147,15 +159,32 @@ def test_the_whole_gmina_replaces_the_other_areas_and_all_categories_mean_none()
     assert subscriber.categories == []
 
 
-def test_a_phone_alone_is_kept_unconfirmed_and_no_email_is_sent():
+def test_a_phone_alone_is_kept_unconfirmed_gets_a_code_and_no_email(smsapi):
     response = subscribe(email="", phone="+48 600-123-456")
-    assert response["Location"] == "/alerts/subscribe/?sent=phone"
+    assert response.status_code == 302
+    assert response["Location"].startswith("/alerts/phone/")
     subscriber = Subscriber.objects.get()
     assert (subscriber.email, subscriber.phone) == ("", "+48600123456")
-    assert subscriber.phone_confirmed_at is None
+    assert subscriber.phone_confirmed_at is None and subscriber.phone_code_hash
     assert mail.outbox == []
-    page = Client().get(response["Location"]).content.decode()
-    assert "dopiero po potwierdzeniu numeru" in page
+    [sms] = smsapi.accepted
+    assert sms["to"] == "48600123456" and re.search(r"\b\d{6}\b", sms["message"])
+    assert subscriber.token not in response["Location"]  # no lasting access from a form
+
+
+def test_without_an_sms_provider_the_form_offers_no_phone_and_refuses_one(settings):
+    from django.utils import translation
+
+    from alerts.forms import SMS_UNAVAILABLE
+
+    settings.ALERTS = {**settings.ALERTS, "SMS_PROVIDER": ""}
+    page = Client().get("/alerts/subscribe/").content.decode()
+    assert 'name="phone"' not in page
+    response = subscribe(phone="600 123 456")
+    assert response.status_code == 400
+    with translation.override("pl"):
+        assert str(SMS_UNAVAILABLE) in response.content.decode()
+    assert Subscriber.objects.count() == 0 and mail.outbox == []
 
 
 @pytest.mark.parametrize(

@@ -192,3 +192,27 @@ def test_parallel_smtp_sends_reach_every_recipient_once_over_several_connections
     assert set(mailbox.received.values()) == {1}
     assert set(mailbox.received) == {p.email for p in people}
     assert 1 < len(mailbox.sessions) <= 3  # kept-open connections, one per thread
+
+
+@pytest.mark.django_db
+def test_parallel_sms_sends_reach_every_number_once_over_several_connections(settings):
+    from alerts.sms_providers import SmsApiChannel
+    from tests.crisis.sms_servers import FakeSmsApi
+    from tests.crisis.test_sms_providers import TOKEN, config
+
+    settings.ALERTS = {**settings.ALERTS, "SMS_CONCURRENCY": 3}
+    author = make_user("operatorka-w6", "operator")
+    now = timezone.now()
+    phones = [f"+4860030{i:04d}" for i in range(60)]
+    for phone in phones:
+        subscribers(1, email="", email_confirmed_at=None, phone=phone, phone_confirmed_at=now)
+    outbox.publish(new_alert(author).pk, author, now=time.time())
+    with FakeSmsApi(TOKEN) as smsapi:
+        worker = Worker(name="w", channels={"sms": SmsApiChannel(config(smsapi.url))})
+        try:
+            assert worker.run_once() == 60
+        finally:
+            worker.close()
+        assert sorted("+" + m["to"] for m in smsapi.accepted) == phones  # each once
+        assert 1 < smsapi.connections <= 3  # one kept-alive connection per thread
+    assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
