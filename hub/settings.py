@@ -294,6 +294,8 @@ ALERTS = {
     # The public subscribe form: at most this many submissions per client
     # address per hour (each may send an e-mail or an SMS).
     "SUBSCRIBE_PER_IP_PER_HOUR": env_int("ALERTS_SUBSCRIBE_PER_IP_PER_HOUR", 20, minimum=1),
+    # The operators' delivery dashboard looks at the counts this often (s).
+    "DASHBOARD_SECONDS": env_float("ALERTS_DASHBOARD_SECONDS", 1.0, minimum=0.1),
 }
 if ALERTS["SMS_PROVIDER"] not in ("", "smsapi", "serwersms"):
     raise ConfigurationError(
