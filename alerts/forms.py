@@ -13,15 +13,17 @@ from alerts.sms_providers import InvalidPhone, normalize_phone
 # The consent a subscriber gives, and its version (recorded with the
 # subscription: Subscriber.consent_version). Change the version whenever the
 # text changes, so each subscriber's consent can be matched to the words they saw.
-CONSENT_VERSION = "2026-11-v1"
+CONSENT_VERSION = "2026-11-v2"  # v2: the browser's notification address too
 CONSENT_TEXT = _(
     "I agree that the Mayor of Głogów Małopolski (Burmistrz Głogowa Małopolskiego, "
     "Urząd Miejski, ul. Rynek 1, 36-060 Głogów Małopolski), as the data controller, "
-    "processes my e-mail address and/or phone number and the areas and categories I "
-    "choose in order to send me warnings about threats in the municipality (Article "
-    "6(1)(a) GDPR). The data are kept until I withdraw my consent or delete them. I can "
-    "withdraw my consent at any time with the unsubscribe link in every message; this "
-    "does not affect the processing before. I have the right to see, export and delete "
+    "processes my e-mail address and/or phone number, the notification address of this "
+    "browser if I turn on browser notifications, and the areas and categories I choose "
+    "in order to send me warnings about threats in the municipality (Article 6(1)(a) "
+    "GDPR). The data are kept until I withdraw my consent or delete them. I can withdraw "
+    "my consent at any time on my subscription settings page or with the unsubscribe "
+    "link in every e-mail and text message; this does not affect the processing "
+    "before. I have the right to see, export and delete "
     "my data on my subscription settings page, and to lodge a complaint with the "
     "President of the Personal Data Protection Office (UODO)."
 )

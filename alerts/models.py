@@ -129,6 +129,16 @@ class Subscriber(models.Model):
     push_confirmed_at = models.DateTimeField(null=True, blank=True)
     # The preferences page and one-click unsubscribe links carry this.
     token = models.CharField(max_length=64, unique=True, default=_token)
+    # The resident's account the subscription is linked to ("My alerts"), if
+    # any; a subscription needs no account, and outlives a deleted one. An
+    # account may hold several: one per e-mail address and one per browser.
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="alert_subscriptions",
+    )
     consent_version = models.CharField(max_length=32)
     consent_at = models.DateTimeField()
     consent_source = models.CharField(max_length=64)

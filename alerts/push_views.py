@@ -4,10 +4,14 @@ subscribing a browser, unsubscribing it, and the service worker.
 - ``GET /alerts/push/key``: ``{"publicKey": …}`` for ``PushManager.subscribe``;
   404 when Web Push is off (no VAPID key set): the page then hides its button.
 - ``POST /alerts/push/subscribe``: the browser's ``PushSubscription.toJSON()``
-  with the ``areas`` and ``categories`` ticked in the form. The browser's
-  permission prompt is the opt-in, so the subscription is confirmed at once.
-  One subscriber per endpoint: subscribing the same browser again updates it.
-  The endpoint must be on the push-service allowlist (alerts.push).
+  with the ``areas`` and ``categories`` ticked in the form and ``consent:
+  true`` (the form's consent box, whose text covers the browser's
+  notification address: alerts.forms.CONSENT_TEXT; without it the answer is
+  400 ``no_consent`` and nothing is kept). The browser's permission prompt is
+  the opt-in, so the subscription is confirmed at once. One subscriber per
+  endpoint: subscribing the same browser again updates it. The endpoint must
+  be on the push-service allowlist (alerts.push). A resident signed in on
+  this browser gets the subscription linked to their account ("My alerts").
 - ``POST /alerts/push/unsubscribe``: ``{"endpoint": …}``; the same answer
   whether or not the endpoint was known.
 - ``GET /alerts/sw.js``: the service worker, served from /alerts/ so that its
@@ -144,6 +148,14 @@ def _choices(data: dict) -> tuple[list[str], list[str]]:
     return form.cleaned_data["areas"], form.cleaned_data["categories"]
 
 
+def _consent(data: dict) -> None:
+    """GDPR art. 7(1): the consent must be given, and shown to have been, for
+    the notification address too; the page sends the state of its box."""
+    if data.get("consent") is not True:
+        # The form's own message for the unticked box (already in Polish).
+        raise Invalid("no_consent", _("Your consent is needed to send you warnings."))
+
+
 def _over_limit(request) -> bool:
     """At most ``SUBSCRIBE_PER_IP_PER_HOUR`` subscriptions per client address
     an hour (the cache: Redis when there is one)."""
@@ -180,6 +192,7 @@ def push_subscribe(request):
         endpoint = _endpoint(data)
         p256dh, auth = _keys(data)
         areas, categories = _choices(data)
+        _consent(data)
         if _over_limit(request):
             raise Invalid(
                 "too_many", _("Too many subscriptions from this address. Try again later."), 429
@@ -197,6 +210,10 @@ def push_subscribe(request):
         "consent_at": now,
         "consent_source": CONSENT_SOURCE,
     }
+    if request.user.is_authenticated:
+        # The endpoint is this browser's own, so whoever is signed in on it may
+        # find the subscription under "My alerts".
+        fields["user"] = request.user
     # update_or_create locks the row, and retries a create that lost a race
     # against the unique endpoint: two requests at once make one subscriber.
     subscriber, _created = Subscriber.objects.update_or_create(

@@ -14,10 +14,24 @@
   categories, a new phone number (confirmed by a code), an export of the data
   (JSON) and deletion (GDPR).
 - ``unsubscribe``: the page every e-mail links to. GET only shows a button
-  (mail scanners follow links); POST stops the channel, and accepts RFC 8058
-  one-click (``List-Unsubscribe=One-Click``, no CSRF token: the token in the
-  URL is the only thing acted on). ``sms_unsubscribe`` is the short link of
-  the text messages.
+  (mail scanners follow links); POST stops the channel (``email``, ``sms``
+  or ``push``), and accepts RFC 8058 one-click (``List-Unsubscribe=One-Click``,
+  no CSRF token: the token in the URL is the only thing acted on).
+  ``sms_unsubscribe`` is the short link of the text messages.
+- ``my_alerts``: "My alerts" of a signed-in resident: the settings page of
+  the subscription linked to their account (a list when there are several),
+  else the form.
+
+Accounts. A subscription needs no account, but one made by a signed-in
+resident is linked to the account (Subscriber.user), so that "My alerts"
+finds it. Only where the address is shown to be theirs, since the link opens
+the settings page: at once when the form's e-mail address is the account's
+own (accounts are set up by the municipality, with the resident's address),
+else when the address is proven while signed in: the confirmation link
+opened, the SMS code typed, a browser subscribed (alerts.push_views).
+Otherwise anyone signed in could type someone else's address into the form
+and then read and delete that person's subscription. The double opt-in of
+the e-mail address is the same with or without an account.
 
 Phone numbers. A form with an e-mail address sends only the e-mail: the number
 is stored unconfirmed, and the code is asked for from the confirmation page
@@ -54,8 +68,10 @@ import logging
 import math
 import smtplib
 import time
+from urllib.parse import urlsplit
 
 from django.conf import settings
+from django.contrib.auth.views import redirect_to_login
 from django.core import signing
 from django.core.cache import cache
 from django.core.mail import send_mail
@@ -78,7 +94,8 @@ from alerts.forms import (
     PreferencesForm,
     SubscriptionForm,
 )
-from alerts.models import Subscriber
+from alerts.models import Delivery, Subscriber
+from alerts.outbox import ADDRESS_FIELDS
 from alerts.phone_codes import Outcome
 from alerts.sms_providers import configured_channel, sms_available
 from hub.auth import address_limit_key
@@ -223,6 +240,23 @@ def phone_token(subscriber: Subscriber) -> str:
     return signing.dumps({"id": subscriber.pk, "phone": subscriber.phone}, salt=PHONE_SALT)
 
 
+def link_to_account(subscriber: Subscriber, user, *, proven: bool) -> None:
+    """Link the subscription to a signed-in resident's account (see
+    "Accounts" above). ``proven``: the address was just shown to be theirs
+    (which moves a link from another account); else only an unlinked row is
+    linked."""
+    if not user.is_authenticated or subscriber.user_id == user.pk:
+        return
+    if subscriber.user_id is not None and not proven:
+        return
+    Subscriber.objects.filter(pk=subscriber.pk).update(user=user)
+    subscriber.user = user
+
+
+def _account_email(user) -> str:
+    return (getattr(user, "email", "") or "").strip() if user.is_authenticated else ""
+
+
 def phone_url(subscriber: Subscriber) -> str:
     return reverse("alerts-phone", args=[phone_token(subscriber)])
 
@@ -353,10 +387,15 @@ def _subscribe_page(request, form, *, areas, categories, status=200, problem="")
             "areas": _options(AREAS, areas),
             "categories": _options(CATEGORY_LABELS.items(), categories),
             "consent_text": CONSENT_TEXT,
-            "email": form.data.get("email", "") if form.is_bound else "",
+            "email": form.data.get("email", "") if form.is_bound else _account_email(request.user),
             "phone": form.data.get("phone", "") if form.is_bound else "",
             "consent": bool(form.data.get("consent")) if form.is_bound else False,
             "sms_available": form.sms,
+            "signed_in_as": (
+                request.user.get_full_name() or request.user.get_username()
+                if request.user.is_authenticated
+                else ""
+            ),
         },
         status=status,
     )
@@ -393,6 +432,9 @@ def subscribe(request):
     if not form.is_valid():
         return _subscribe_page(request, form, areas=areas, categories=categories, status=400)
     subscriber, to_send = subscribe_or_merge(form.cleaned_data, now=timezone.now())
+    account_email = _account_email(request.user)
+    if account_email and form.cleaned_data["email"].lower() == account_email.lower():
+        link_to_account(subscriber, request.user, proven=False)
     if not form.cleaned_data["email"]:
         # A number alone: its code now, and the page to type it in.
         if send_code(subscriber) == "failed":
@@ -465,6 +507,7 @@ def confirm(request, signed: str):
         if subscriber.email_confirmed_at is None:
             subscriber.email_confirmed_at = timezone.now()
             subscriber.save(update_fields=["email_confirmed_at"])
+        link_to_account(subscriber, request.user, proven=True)
     paragraphs = [
         gettext_lazy("Thank you. Warnings for the chosen areas will be sent to %(email)s.")
         % {"email": subscriber.email},
@@ -654,6 +697,10 @@ def phone(request, signed: str):
     )
     subscriber.refresh_from_db()
     if verdict.outcome is Outcome.CONFIRMED:
+        if not subscriber.email or subscriber.email_confirmed_at:
+            # As with the settings link below: the code proves the number, not
+            # an address still unconfirmed on the row.
+            link_to_account(subscriber, request.user, proven=True)
         return _phone_confirmed(request, subscriber)
     if verdict.outcome is Outcome.NO_CODE and subscriber.phone_confirmed_at:
         return _phone_page(request, subscriber)  # confirmed already (a code sent twice)
@@ -685,9 +732,30 @@ def export_data(subscriber: Subscriber) -> dict:
             "email_confirmed_at": at(subscriber.email_confirmed_at),
             "phone": subscriber.phone,
             "phone_confirmed_at": at(subscriber.phone_confirmed_at),
+            # The endpoint in full: it is the browser's address at its push
+            # service, personal data we hold (GDPR art. 15(3): a copy of it).
+            # The two encryption keys the browser gave are named, not copied:
+            # the browser made them and keeps them, and a file that is
+            # downloaded, mailed and kept need not carry the secret ("auth")
+            # that, with the endpoint, lets messages be made for that browser.
+            "browser_notifications": {
+                "on": bool(subscriber.push_endpoint and subscriber.push_confirmed_at),
+                "push_service": push_service_host(subscriber),
+                "endpoint": subscriber.push_endpoint,
+                "keys_kept": [
+                    name
+                    for name, value in (
+                        ("p256dh", subscriber.push_p256dh),
+                        ("auth", subscriber.push_auth),
+                    )
+                    if value
+                ],
+                "confirmed_at": at(subscriber.push_confirmed_at),
+            },
             "areas": subscriber.areas,
             "categories": subscriber.categories,
             "created_at": at(subscriber.created_at),
+            "account": subscriber.user.get_username() if subscriber.user_id else None,
         },
         "consent": {
             "version": subscriber.consent_version,
@@ -706,6 +774,24 @@ def export_data(subscriber: Subscriber) -> dict:
         ],
         "exported_at": at(timezone.now()),
     }
+
+
+def push_service_host(subscriber: Subscriber) -> str:
+    """The host of the browser's push service (fcm.googleapis.com…), or ""."""
+    if not subscriber.push_endpoint:
+        return ""
+    try:
+        return urlsplit(subscriber.push_endpoint).hostname or ""
+    except ValueError:
+        return ""
+
+
+def stop_push(subscriber: Subscriber) -> None:
+    """Forget the browser's subscription (its endpoint and keys), whatever
+    else the subscriber has. The browser keeps its own until it is turned
+    off there; the push service then has nowhere to send."""
+    Subscriber.objects.filter(pk=subscriber.pk).update(**ADDRESS_FIELDS[Delivery.Channel.PUSH])
+    subscriber.refresh_from_db()
 
 
 @require_http_methods(["GET", "POST"])
@@ -741,6 +827,9 @@ def preferences(request, token: str):
             saved, phone_form = True, None
         else:
             status = 400
+    elif action == "push_off":
+        stop_push(subscriber)
+        saved = True
     elif action == "delete":
         if request.POST.get("confirm_delete") == "yes":
             subscriber.delete()  # its deliveries go with it (on_delete=CASCADE)
@@ -796,6 +885,8 @@ def preferences(request, token: str):
                     else ""
                 ),
                 "sms_available": sms_available(),
+                "push_on": bool(subscriber.push_endpoint and subscriber.push_confirmed_at),
+                "push_host": push_service_host(subscriber),
                 "areas": _options(AREAS, areas),
                 "categories": _options(CATEGORY_LABELS.items(), categories),
                 "saved": saved,
@@ -807,7 +898,7 @@ def preferences(request, token: str):
     )
 
 
-CHANNELS = ("email", "sms")
+CHANNELS = ("email", "sms", "push")
 
 
 @csrf_exempt  # RFC 8058: the one-click POST has no CSRF token; only the URL's token is used.
@@ -826,6 +917,8 @@ def unsubscribe(request, token: str):
                 {
                     "subscriber": subscriber,
                     "channel": channel,
+                    "push_on": bool(subscriber.push_endpoint),
+                    "push_host": push_service_host(subscriber),
                     "preferences_url": reverse("alerts-preferences", args=[subscriber.token]),
                 },
             )
@@ -833,6 +926,9 @@ def unsubscribe(request, token: str):
     if channel == "sms":
         Subscriber.objects.filter(pk=subscriber.pk).update(phone="", phone_confirmed_at=None)
         done = gettext_lazy("Text message warnings will no longer be sent to this number.")
+    elif channel == "push":
+        stop_push(subscriber)
+        done = gettext_lazy("Warnings will no longer be sent as browser notifications.")
     else:
         Subscriber.objects.filter(pk=subscriber.pk).update(email="", email_confirmed_at=None)
         done = gettext_lazy("E-mail warnings will no longer be sent to this address.")
@@ -856,3 +952,36 @@ def sms_unsubscribe(request, token: str):
     subscriber = _subscriber_or_404(token)
     response = redirect(reverse("alerts-unsubscribe", args=[subscriber.token]) + "?channel=sms")
     return _private(response)
+
+
+# --- My alerts (a signed-in resident) --------------------------------------------
+
+
+@require_GET
+def my_alerts(request):
+    """The settings page of the subscription linked to the signed-in
+    resident's account, a list when there are several (an e-mail address and
+    browsers), else the form."""
+    if not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    subscribers = list(request.user.alert_subscriptions.order_by("-created_at", "-pk"))
+    if not subscribers:
+        return redirect("alerts-subscribe")
+    if len(subscribers) == 1:
+        return _private(redirect("alerts-preferences", subscribers[0].token))
+    return _private(
+        render(
+            request,
+            "alerts/my_alerts.html",
+            {
+                "subscriptions": [
+                    {
+                        "subscriber": subscriber,
+                        "push_host": push_service_host(subscriber),
+                        "url": reverse("alerts-preferences", args=[subscriber.token]),
+                    }
+                    for subscriber in subscribers
+                ]
+            },
+        )
+    )

@@ -22,6 +22,7 @@ urlpatterns = [
         name="alerts-console-delivery-list",
     ),
     path("alerts/subscribe/", subscriptions.subscribe, name="alerts-subscribe"),
+    path("alerts/my/", subscriptions.my_alerts, name="alerts-my"),
     path("alerts/confirm/<str:signed>", subscriptions.confirm, name="alerts-confirm"),
     path("alerts/preferences/<str:token>/", subscriptions.preferences, name="alerts-preferences"),
     path("alerts/phone/<str:signed>/", subscriptions.phone, name="alerts-phone"),

@@ -440,7 +440,13 @@ def test_the_allowlist_is_checked_again_at_each_send(push_on, settings):
 
 
 def subscribe_body(subscription, **fields) -> dict:
-    return {**subscription.as_json(), "areas": ["przewrotne"], "categories": [], **fields}
+    return {
+        **subscription.as_json(),
+        "areas": ["przewrotne"],
+        "categories": [],
+        "consent": True,
+        **fields,
+    }
 
 
 def post_json(client: Client, url: str, body, **extra):
@@ -475,8 +481,9 @@ def test_subscribing_a_browser_makes_a_confirmed_push_only_subscriber(push_on):
     assert subscriber.push_auth == subscription.as_json()["keys"]["auth"]
     assert subscriber.push_confirmed_at is not None
     assert subscriber.areas == ["glogow", "hucisko"] and subscriber.categories == ["Met"]
-    assert subscriber.consent_version == CONSENT_VERSION
+    assert subscriber.consent_version == CONSENT_VERSION == "2026-11-v2"
     assert subscriber.consent_source == "web-push"
+    assert subscriber.user is None
     assert outbox.channels_of(subscriber) == ["push"]
     # The same browser again: the same subscriber, the new choices.
     again = post_json(Client(), "/alerts/push/subscribe", subscribe_body(subscription))
@@ -484,6 +491,41 @@ def test_subscribing_a_browser_makes_a_confirmed_push_only_subscriber(push_on):
     assert again.json()["preferences"] == f"/alerts/preferences/{subscriber.token}/"
     assert Subscriber.objects.filter(push_endpoint=subscription.endpoint).count() == 1
     assert Subscriber.objects.get(pk=subscriber.pk).areas == ["przewrotne"]
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("consent", [None, False, "true", 1, "yes"])
+def test_subscribing_without_consent_is_refused_and_nothing_is_kept(push_on, consent):
+    body = subscribe_body(push_on.subscribe(), consent=consent)
+    if consent is None:
+        del body["consent"]
+    response = post_json(Client(), "/alerts/push/subscribe", body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "no_consent"
+    assert "zgod" in error["message"]  # Polish first
+    assert response["Cache-Control"] == "no-store"
+    assert not Subscriber.objects.exists()
+
+
+@pytest.mark.django_db
+def test_a_browser_subscribed_while_signed_in_is_linked_to_the_account(push_on):
+    resident = make_user("mieszkanka-push", email="ewa@example.pl")
+    client = Client()
+    client.force_login(resident)
+    subscription = push_on.subscribe()
+    assert (
+        post_json(client, "/alerts/push/subscribe", subscribe_body(subscription)).status_code == 200
+    )
+    subscriber = Subscriber.objects.get(push_endpoint=subscription.endpoint)
+    assert subscriber.user == resident
+    assert subscriber.email == ""  # the account's address is not subscribed by it
+    # Signed out, the same browser again: the link stays.
+    assert (
+        post_json(Client(), "/alerts/push/subscribe", subscribe_body(subscription)).status_code
+        == 200
+    )
+    assert Subscriber.objects.get(pk=subscriber.pk).user == resident
 
 
 @pytest.mark.django_db
@@ -799,22 +841,6 @@ FAKE_PUSH_MANAGER = """(subscription) => {
   };
 }"""
 
-INSERT_SNIPPET = """(html) => {
-  const holder = document.createElement("div");
-  holder.innerHTML = html;
-  const form = document.querySelector('input[name="areas"]').form;
-  for (const node of [...holder.children]) {
-    if (node.tagName === "SCRIPT") {
-      const script = document.createElement("script");
-      script.type = "module";
-      script.src = node.getAttribute("src");
-      document.body.append(script);
-    } else {
-      form.querySelector('button[type="submit"]').parentElement.before(node);
-    }
-  }
-}"""
-
 
 @pytest.mark.integration
 @pytest.mark.browser
@@ -823,7 +849,6 @@ async def test_the_button_subscribes_this_browser_and_an_alert_reaches_it(
     hub_processes, push_service, settings
 ):
     from conftest import headless_chromium, url_of_test_database
-    from django.template.loader import render_to_string
     from test_accessibility import axe_report, axe_violations
 
     port = hub_processes.daphne(
@@ -835,18 +860,21 @@ async def test_the_button_subscribes_this_browser_and_an_alert_reaches_it(
     )
     base = f"http://127.0.0.1:{port}"
     subscription = push_service.subscribe()
-    # Until the lead includes it in subscribe.html, the test puts the snippet
-    # into the form of the real page.
-    snippet = render_to_string("alerts/_push.html")
     async with headless_chromium() as browser:
         context = await browser.new_context()
         await context.grant_permissions(["notifications"], origin=base)
         page = await context.new_page()
         await page.goto(f"{base}/alerts/subscribe/")
         await page.evaluate(FAKE_PUSH_MANAGER, subscription.as_json())
-        await page.evaluate(INSERT_SNIPPET, snippet)
         await page.wait_for_selector("#push-section", state="visible")
         assert await page.is_hidden("#push-off")
+        # Inside the form: areas, then consent, then the button, then Subscribe.
+        order = await page.evaluate(
+            """() => [...document.querySelector('#push-button').form.querySelectorAll(
+                 '#id_areas_0, #id_consent, #push-button, button[type=submit]')]
+               .map((element) => element.id || element.type)"""
+        )
+        assert order == ["id_areas_0", "id_consent", "push-button", "submit"]
         status = page.locator("#push-status")
 
         # By keyboard, with no area ticked: it says what is missing.
@@ -858,12 +886,26 @@ async def test_the_button_subscribes_this_browser_and_an_alert_reaches_it(
 
         await page.check("#id_areas_0")  # the whole municipality
         await page.check("input[name=categories][value=Met]")
+        # Without the consent box ticked: refused, and the box has the focus.
+        await page.focus("#push-button")
+        await page.keyboard.press("Enter")
+        await page.wait_for_function(
+            "(before) => document.querySelector('#push-status').textContent !== before",
+            arg=missing,
+        )
+        no_consent = await status.inner_text()
+        assert await page.evaluate("document.activeElement.id") == "id_consent"
+        assert await page.evaluate("window.pushSubscribed || null") is None  # not asked
+        assert await status.get_attribute("class") == "form-error"
+
+        await page.keyboard.press("Space")  # ticks the focused consent box
+        assert await page.is_checked("#id_consent")
         await page.focus("#push-button")
         await page.keyboard.press("Enter")
         await page.wait_for_function(
             "(before) => document.querySelector('#push-status').textContent !== before "
             "&& document.querySelector('#push-status a')",
-            arg=missing,
+            arg=no_consent,
         )
         link = await page.get_attribute("#push-status a", "href")
         assert await page.is_visible("#push-off")
@@ -883,6 +925,7 @@ async def test_the_button_subscribes_this_browser_and_an_alert_reaches_it(
     assert link == f"/alerts/preferences/{subscriber.token}/"
     assert subscriber.areas == ["gmina"] and subscriber.categories == ["Met"]
     assert subscriber.consent_source == "web-push" and subscriber.push_confirmed_at
+    assert subscriber.consent_version == CONSENT_VERSION
     assert base64.b64decode(used_key) == unb64url(channel().public_key)
 
     # An alert now reaches it through the worker and the push service.

@@ -111,6 +111,11 @@ def test_every_cap_category_has_a_polish_label():
 # --- The form -----------------------------------------------------------------
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="until the lead adds the consent text v2 (2026-11-v2) to alerts/locale/pl; "
+    "then drop this mark",
+)
 def test_the_form_is_polish_with_every_area_category_and_the_consent():
     response = Client().get("/alerts/subscribe/")
     assert response.status_code == 200
@@ -137,7 +142,7 @@ def test_subscribing_creates_an_unconfirmed_subscriber_and_sends_the_link(smsapi
     assert subscriber.areas == ["przewrotne"]
     assert subscriber.categories == ["Met", "Transport"]
     assert subscriber.email_confirmed_at is None and subscriber.phone_confirmed_at is None
-    assert subscriber.consent_version == CONSENT_VERSION == "2026-11-v1"
+    assert subscriber.consent_version == CONSENT_VERSION == "2026-11-v2"
     assert subscriber.consent_source == "web-form"
     assert abs((timezone.now() - subscriber.consent_at).total_seconds()) < 60
     assert len(subscriber.token) >= 32
@@ -589,3 +594,214 @@ def test_the_form_cannot_flood_an_inbox(settings):
     for _ in range(5):
         assert client.post("/alerts/subscribe/", form).status_code in (302, 303)
     assert len(mail.outbox) == 1
+
+
+# --- Browser notifications on the settings, export and unsubscribe pages ------------
+
+ENDPOINT = "https://fcm.googleapis.com/fcm/send/abc123"
+PUSH = {
+    "push_endpoint": ENDPOINT,
+    "push_p256dh": "B" * 87,
+    "push_auth": "A" * 22,
+}
+
+
+def push_only(**fields) -> Subscriber:
+    return make_subscriber(
+        email="",
+        email_confirmed_at=None,
+        push_confirmed_at=timezone.now(),
+        consent_source="web-push",
+        **{**PUSH, **fields},
+    )
+
+
+def test_the_settings_page_shows_browser_notifications_and_turns_them_off():
+    subscriber = make_subscriber(push_confirmed_at=timezone.now(), **PUSH)
+    url = f"/alerts/preferences/{subscriber.token}/"
+    page = Client().get(url).content.decode()
+    [item] = re.findall(r'<li data-channel="push">(.*?)</li>', page, re.S)
+    assert "fcm.googleapis.com" in item and "abc123" not in item
+    assert 'name="action" value="push_off"' in page
+    # It needs the CSRF token like every form of the page.
+    strict = Client(enforce_csrf_checks=True)
+    assert strict.post(url, {"action": "push_off"}).status_code == 403
+    response = Client().post(url, {"action": "push_off"})
+    assert response.status_code == 200
+    subscriber.refresh_from_db()
+    assert subscriber.push_endpoint == subscriber.push_p256dh == subscriber.push_auth == ""
+    assert subscriber.push_confirmed_at is None
+    assert subscriber.email == "anna@example.pl" and subscriber.email_confirmed_at  # e-mail goes on
+    page = response.content.decode()
+    assert 'value="push_off"' not in page and "fcm.googleapis.com" not in page
+
+
+def test_a_push_only_subscriber_changes_exports_and_deletes_through_the_settings_link():
+    subscriber = push_only()
+    url = f"/alerts/preferences/{subscriber.token}/"
+    assert Client().get(url).status_code == 200
+    saved = Client().post(url, {"action": "save", "areas": ["glogow"], "categories": ["Met"]})
+    assert saved.status_code == 200
+    subscriber.refresh_from_db()
+    assert subscriber.areas == ["glogow"] and subscriber.categories == ["Met"]
+
+    data = Client().get(f"{url}?export=json").json()
+    assert data["subscription"]["email"] == data["subscription"]["phone"] == ""
+    assert data["subscription"]["browser_notifications"] == {
+        "on": True,
+        "push_service": "fcm.googleapis.com",
+        "endpoint": ENDPOINT,
+        "keys_kept": ["p256dh", "auth"],
+        "confirmed_at": subscriber.push_confirmed_at.isoformat(),
+    }
+    body = Client().get(f"{url}?export=json").content.decode()
+    assert PUSH["push_auth"] not in body and PUSH["push_p256dh"] not in body
+    assert data["consent"]["source"] == "web-push"
+
+    deleted = Client().post(url, {"action": "delete", "confirm_delete": "yes"})
+    assert deleted.status_code == 200
+    assert not Subscriber.objects.filter(pk=subscriber.pk).exists()
+
+
+def test_the_export_says_when_browser_notifications_are_off():
+    subscriber = make_subscriber()
+    data = Client().get(f"/alerts/preferences/{subscriber.token}/?export=json").json()
+    assert data["subscription"]["browser_notifications"] == {
+        "on": False,
+        "push_service": "",
+        "endpoint": "",
+        "keys_kept": [],
+        "confirmed_at": None,
+    }
+    assert data["subscription"]["account"] is None
+
+
+def test_the_unsubscribe_page_stops_browser_notifications():
+    subscriber = push_only(phone="+48600123456", phone_confirmed_at=timezone.now())
+    url = f"/alerts/unsubscribe/{subscriber.token}"
+    # The e-mail page of a subscriber without e-mail: nothing to stop.
+    assert 'name="channel"' not in Client().get(url).content.decode()
+    page = Client().get(f"{url}?channel=push").content.decode()
+    assert 'name="channel" value="push"' in page and "fcm.googleapis.com" in page
+    subscriber.refresh_from_db()
+    assert subscriber.push_confirmed_at  # GET changed nothing
+    response = Client(enforce_csrf_checks=True).post(url, {"channel": "push"})
+    assert response.status_code == 200
+    subscriber.refresh_from_db()
+    assert subscriber.push_endpoint == "" and subscriber.push_confirmed_at is None
+    assert subscriber.phone == "+48600123456" and subscriber.phone_confirmed_at  # SMS go on
+    assert 'name="channel"' not in Client().get(f"{url}?channel=push").content.decode()
+
+
+# --- A resident's account: linked subscriptions and "My alerts" -----------------------
+
+
+@pytest.fixture
+def resident():
+    return make_user("ewa.nowak", email="ewa.nowak@example.pl", first_name="Ewa")
+
+
+def signed_in(user) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_a_signed_in_resident_is_told_so_and_their_address_is_filled_in(resident):
+    page = signed_in(resident).get("/alerts/subscribe/").content.decode()
+    assert 'data-account="signed-in"' in page and "Ewa" in page
+    assert re.search(r'id="id_email" name="email" value="ewa.nowak@example.pl"', page)
+    anonymous = Client().get("/alerts/subscribe/").content.decode()
+    assert "data-account" not in anonymous
+    assert re.search(r'id="id_email" name="email" value=""', anonymous)
+
+
+def test_the_accounts_own_address_is_linked_at_once_and_still_confirmed_by_link(resident):
+    client = signed_in(resident)
+    response = subscribe(client, email="Ewa.Nowak@EXAMPLE.pl")
+    assert response.status_code == 302
+    subscriber = Subscriber.objects.get()
+    assert subscriber.user == resident
+    assert subscriber.email_confirmed_at is None  # double opt-in as always
+    [message] = mail.outbox
+    assert message.to == ["Ewa.Nowak@example.pl"]
+    my = client.get("/alerts/my/")
+    assert my.status_code == 302
+    assert my["Location"] == f"/alerts/preferences/{subscriber.token}/"
+    assert my["Cache-Control"] == "no-store"
+
+
+def test_another_address_is_linked_only_once_confirmed_while_signed_in(resident):
+    client = signed_in(resident)
+    subscribe(client, email="ewa.praca@example.pl")
+    subscriber = Subscriber.objects.get()
+    assert subscriber.user is None
+    assert client.get("/alerts/my/")["Location"] == "/alerts/subscribe/"
+    link = confirm_link(mail.outbox[0])
+    assert Client().get(link).status_code == 200  # opened elsewhere, signed out
+    subscriber.refresh_from_db()
+    assert subscriber.email_confirmed_at and subscriber.user is None
+    assert client.get(link).status_code == 200  # opened while signed in
+    subscriber.refresh_from_db()
+    assert subscriber.user == resident
+    assert client.get("/alerts/my/")["Location"] == f"/alerts/preferences/{subscriber.token}/"
+
+
+def test_someone_elses_address_typed_in_the_form_is_not_linked(resident):
+    """Otherwise "My alerts" would open another person's settings page."""
+    victim = make_subscriber(email="anna@example.pl")
+    unconfirmed = make_subscriber(email="piotr@example.pl", email_confirmed_at=None)
+    client = signed_in(resident)
+    for address in ("anna@example.pl", "piotr@example.pl"):
+        cooldown_passes()
+        assert subscribe(client, email=address).status_code == 302
+    victim.refresh_from_db()
+    unconfirmed.refresh_from_db()
+    assert victim.user is None and unconfirmed.user is None
+    assert client.get("/alerts/my/")["Location"] == "/alerts/subscribe/"
+
+
+def test_a_phone_confirmed_with_the_code_while_signed_in_is_linked(resident, smsapi):
+    client = signed_in(resident)
+    response = subscribe(client, email="", phone="600 123 456")
+    phone_page = response["Location"]
+    subscriber = Subscriber.objects.get()
+    assert subscriber.user is None
+    code = re.search(r"\b(\d{6})\b", smsapi.accepted[-1]["message"]).group(1)
+    confirmed = client.post(phone_page, {"action": "confirm", "code": code})
+    assert confirmed.status_code == 200
+    subscriber.refresh_from_db()
+    assert subscriber.phone_confirmed_at and subscriber.user == resident
+
+
+def test_my_alerts_needs_signing_in_and_lists_several_subscriptions(resident):
+    anonymous = Client().get("/alerts/my/")
+    assert anonymous.status_code == 302
+    assert anonymous["Location"] == "/accounts/login/?next=/alerts/my/"
+    client = signed_in(resident)
+    assert client.get("/alerts/my/")["Location"] == "/alerts/subscribe/"
+    mail_row = make_subscriber(email="ewa.nowak@example.pl", user=resident)
+    browser = push_only(user=resident)
+    make_subscriber(email="someone@example.pl")  # not hers
+    response = client.get("/alerts/my/")
+    assert response.status_code == 200 and response["Cache-Control"] == "no-store"
+    page = response.content.decode()
+    assert f'href="/alerts/preferences/{mail_row.token}/"' in page
+    assert f'href="/alerts/preferences/{browser.token}/"' in page
+    assert "ewa.nowak@example.pl" in page and "fcm.googleapis.com" in page
+    assert "someone@example.pl" not in page
+    assert client.post("/alerts/my/").status_code == 405
+
+
+def test_the_header_links_to_my_alerts_for_signed_in_residents(resident):
+    assert 'href="/alerts/my/"' in signed_in(resident).get("/alerts/subscribe/").content.decode()
+    assert 'href="/alerts/my/"' not in Client().get("/alerts/subscribe/").content.decode()
+
+
+def test_the_export_names_the_account_and_deleting_the_account_keeps_the_subscription(resident):
+    subscriber = make_subscriber(email="ewa.nowak@example.pl", user=resident)
+    data = Client().get(f"/alerts/preferences/{subscriber.token}/?export=json").json()
+    assert data["subscription"]["account"] == "ewa.nowak"
+    resident.delete()
+    subscriber.refresh_from_db()
+    assert subscriber.user is None and subscriber.email_confirmed_at

@@ -1,6 +1,8 @@
 """The subscription pages against WCAG 2.1 AA in a real headless Chromium
 (axe-core) on real daphne, at phone and desktop sizes, in Polish and English:
-the form (empty and with errors), the settings page and the unsubscribe page.
+the form (empty, with errors, and for a signed-in resident), the settings
+page (with e-mail and SMS; with browser notifications only), the unsubscribe
+pages and "My alerts".
 A resident subscribes by keyboard alone, and the pages reflow at 320 px and
 200 % text.
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import pytest
 from channels.db import database_sync_to_async
 from conftest import headless_chromium, url_of_test_database
+from django.test import Client
 from test_accessibility import OVERFLOW, SIZES, axe_report, axe_violations
 
 from tests.crisis.sms_servers import FakeSmsApi
@@ -20,16 +23,34 @@ from tests.crisis.sms_servers import FakeSmsApi
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
 TOKEN = "a11y-token-0123456789abcdefghijklmnop"
+PUSH_TOKEN = "a11y-push-token-0123456789abcdefghijk"
 SMS_TOKEN = "a11y-sms-token"
 
 
-def _subscriber():
+def _subscriber() -> str:
+    """The subscribers, and the session cookie of a resident signed in, whose
+    account both are linked to (so "My alerts" lists them)."""
     from django.utils import timezone
 
     from alerts.models import Subscriber
+    from tests.meet.helpers import make_user
 
     now = timezone.now()
+    resident = make_user("a11y-resident", email="ewa@example.pl", first_name="Ewa")
     Subscriber.objects.create(
+        areas=["gmina"],
+        push_endpoint="https://fcm.googleapis.com/fcm/send/a11y",
+        push_p256dh="B" * 87,
+        push_auth="A" * 22,
+        push_confirmed_at=now,
+        token=PUSH_TOKEN,
+        consent_version="2026-11-v2",
+        consent_at=now,
+        consent_source="web-push",
+        user=resident,
+    )
+    Subscriber.objects.create(
+        user=resident,
         email="anna@example.pl",
         phone="+48600123456",
         areas=["lipie", "stykow"],
@@ -40,6 +61,9 @@ def _subscriber():
         consent_at=now,
         consent_source="web-form",
     )
+    client = Client()
+    client.force_login(resident)
+    return client.cookies["sessionid"].value
 
 
 @pytest.fixture
@@ -50,9 +74,10 @@ def smsapi():
 
 @pytest.fixture
 async def subscription_site(hub_processes, smsapi):
-    """``(browser, base_url)``: daphne on the test database, with one
-    subscriber, sending SMS to a loopback SMSAPI."""
-    await database_sync_to_async(_subscriber)()
+    """``(browser, base_url, session)``: daphne on the test database, with
+    two subscribers and a signed-in resident's session, sending SMS to a
+    loopback SMSAPI."""
+    session = await database_sync_to_async(_subscriber)()
     port = hub_processes.daphne(
         {
             "DATABASE_URL": url_of_test_database(),
@@ -62,13 +87,17 @@ async def subscription_site(hub_processes, smsapi):
         }
     )
     async with headless_chromium() as browser:
-        yield browser, f"http://127.0.0.1:{port}"
+        yield browser, f"http://127.0.0.1:{port}", session
 
 
-async def open_page(browser, url: str, language: str, size: str, *, ok: bool = True):
+async def open_page(
+    browser, url: str, language: str, size: str, *, ok: bool = True, session: str = ""
+):
     context = await browser.new_context(locale="pl-PL", **SIZES[size])
     if language != "pl":
         await context.add_cookies([{"name": "django_language", "value": language, "url": url}])
+    if session:
+        await context.add_cookies([{"name": "sessionid", "value": session, "url": url}])
     page = await context.new_page()
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"uncaught: {exc}"))
@@ -83,17 +112,22 @@ async def open_page(browser, url: str, language: str, size: str, *, ok: bool = T
 @pytest.mark.django_db(transaction=True)
 @pytest.mark.parametrize("language", ["pl", "en"])
 async def test_the_subscription_pages_have_no_wcag_21_aa_violations(subscription_site, language):
-    browser, base = subscription_site
+    browser, base, session = subscription_site
     pages = {
         "form": f"{base}/alerts/subscribe/",
         "settings": f"{base}/alerts/preferences/{TOKEN}/",
         "unsubscribe (e-mail)": f"{base}/alerts/unsubscribe/{TOKEN}",
         "unsubscribe (SMS)": f"{base}/alerts/unsubscribe/{TOKEN}?channel=sms",
+        "settings (browser notifications only)": f"{base}/alerts/preferences/{PUSH_TOKEN}/",
+        "unsubscribe (browser)": f"{base}/alerts/unsubscribe/{PUSH_TOKEN}?channel=push",
+        "form (signed in)": f"{base}/alerts/subscribe/",
+        "my alerts (signed in)": f"{base}/alerts/my/",
     }
     reports = []
     for size in SIZES:
         for name, url in pages.items():
-            page = await open_page(browser, url, language, size)
+            cookie = session if "signed in" in name else ""
+            page = await open_page(browser, url, language, size, session=cookie)
             if violations := await axe_violations(page):
                 reports.append(axe_report(f"{name}, {language}, {size}", violations))
             if name == "form":
@@ -124,7 +158,7 @@ async def test_a_resident_subscribes_by_keyboard_alone(subscription_site, smsapi
 
     from alerts.models import Subscriber
 
-    browser, base = subscription_site
+    browser, base, _session = subscription_site
     page = await open_page(browser, f"{base}/alerts/subscribe/", "pl", "phone")
 
     async def tab_to(selector: str, limit: int = 60) -> None:
@@ -159,9 +193,14 @@ async def test_a_resident_subscribes_by_keyboard_alone(subscription_site, smsapi
 
 @pytest.mark.django_db(transaction=True)
 async def test_the_subscription_pages_reflow_at_320_px_and_200_percent_text(subscription_site):
-    browser, base = subscription_site
+    browser, base, _session = subscription_site
     failures = []
-    for path in ("/alerts/subscribe/", f"/alerts/preferences/{TOKEN}/"):
+    paths = (
+        "/alerts/subscribe/",
+        f"/alerts/preferences/{TOKEN}/",
+        f"/alerts/preferences/{PUSH_TOKEN}/",
+    )
+    for path in paths:
         for width, font_size in ((320, None), (640, "200%")):
             context = await browser.new_context(viewport={"width": width, "height": 800})
             page = await context.new_page()

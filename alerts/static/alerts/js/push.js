@@ -1,9 +1,11 @@
 // Browser notifications of crisis alerts (Web Push), on the subscribe page
 // (alerts/templates/alerts/_push.html). Asks for the permission only when
 // the button is pressed, subscribes with the server's VAPID key and sends the
-// subscription with the areas and categories ticked in the form
-// (alerts.push_views). The section stays hidden where the browser cannot
-// receive push messages, or when the server has Web Push off (the key is 404).
+// subscription with the areas and categories ticked in the form and the
+// consent (alerts.push_views). Nothing is asked of the browser until an area
+// and the consent box (#id_consent) are ticked. The section stays hidden where
+// the browser cannot receive push messages, or when the server has Web Push
+// off (the key is 404).
 
 const section = document.getElementById("push-section");
 const text = Object.fromEntries(
@@ -95,6 +97,12 @@ async function start() {
       document.getElementById("id_areas_0")?.focus();
       return;
     }
+    const consent = document.getElementById("id_consent");
+    if (!consent?.checked) {
+      say(text.needConsent, { error: true });
+      consent?.focus();
+      return;
+    }
     if (Notification.permission === "denied") {
       say(text.blocked, { error: true });
       return;
@@ -125,6 +133,7 @@ async function start() {
         ...subscription.toJSON(),
         areas,
         categories: checked(form, "categories"),
+        consent: true,
       });
       if (!ok) {
         say(data.error?.message || text.failed, { error: true });
