@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint format bench-fanout bench-meet-signaling bench-meet-join messages clean
+.PHONY: run test install lint format bench-fanout bench-meet-signaling bench-meet-join bench-alerts messages clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed: install python3.11 (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -52,6 +52,10 @@ bench-meet-signaling: install
 ## make bench-meet-join: join time of a meeting in two headless Chromium browsers (bench/meet_join.py)
 bench-meet-join: install
 	$(PY) -m bench.meet_join $(BENCH_ARGS)
+
+## make bench-alerts: one crisis alert to 10,000 subscribers on e-mail, SMS and push, two workers (bench/alerts_delivery.py)
+bench-alerts: install
+	$(PY) -m bench.alerts_delivery $(BENCH_ARGS)
 
 ## make messages: refresh and compile the Polish translations
 messages: install

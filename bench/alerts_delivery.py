@@ -360,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         make_subscribers(args.n, json.loads(browsers_file.read_text()))
         vapid = new_vapid_key()
         env.update(
+            DEBUG="0",  # as in production: no query log kept per statement
             EMAIL_HOST="127.0.0.1",
             EMAIL_PORT=str(servers["smtp"].port),
             ALERTS_SMS_PROVIDER="smsapi",

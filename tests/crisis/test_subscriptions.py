@@ -111,11 +111,6 @@ def test_every_cap_category_has_a_polish_label():
 # --- The form -----------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until the lead adds the consent text v2 (2026-11-v2) to alerts/locale/pl; "
-    "then drop this mark",
-)
 def test_the_form_is_polish_with_every_area_category_and_the_consent():
     response = Client().get("/alerts/subscribe/")
     assert response.status_code == 200
