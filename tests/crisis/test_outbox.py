@@ -42,8 +42,10 @@ def new_alert(author, **fields) -> Alert:
         "description": "Przekroczony stan alarmowy na Mrowli.",
         "instruction": "Nie zbliżaj się do wałów.",
         "areas": ["przewrotne"],
-        "effective": timezone.now() - dt.timedelta(minutes=1),
-        "expires": timezone.now() + dt.timedelta(hours=6),
+        # In force around NOW (this module's start), however long before a
+        # test runs: the tests publish and claim at NOW.
+        "effective": dt.datetime.fromtimestamp(NOW - 3600, tz=dt.UTC),
+        "expires": dt.datetime.fromtimestamp(NOW + 12 * 3600, tz=dt.UTC),
         "state": "approved",
     }
     return Alert.objects.create(**{**base, **fields})
