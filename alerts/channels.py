@@ -115,7 +115,12 @@ class EmailChannel:
         try:
             message.send()
         except smtplib.SMTPRecipientsRefused as exc:
-            return Result(False, error=f"refused: {exc.recipients}", permanent=True)
+            # The server's code and words, not the address (operators see errors).
+            reasons = "; ".join(
+                f"{code} {text.decode(errors='replace') if isinstance(text, bytes) else text}"
+                for code, text in exc.recipients.values()
+            )
+            return Result(False, error=f"refused: {reasons}", permanent=True)
         except (smtplib.SMTPException, OSError) as exc:
             self._drop()
             return Result(False, error=f"{type(exc).__name__}: {exc}")

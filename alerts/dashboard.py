@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -173,6 +174,17 @@ def mask_phone(number: str) -> str:
     if digits.startswith("+48") and len(digits) == 12:
         return f"+48 *** *** {digits[-3:]}"
     return f"*** {digits[-3:]}"
+
+
+_EMAIL_IN_TEXT = re.compile(r"[^\s<>\"'(),;:]+@[^\s<>\"'(),;:]+")
+_NUMBER_IN_TEXT = re.compile(r"\+?\d[\d ]{7,}\d")
+
+
+def mask_error(text: str) -> str:
+    """A delivery's last error as an operator sees it: an address or a phone
+    number a provider's answer repeats is masked like the recipient column."""
+    text = _EMAIL_IN_TEXT.sub(lambda m: mask_email(m.group()), text)
+    return _NUMBER_IN_TEXT.sub(lambda m: f"*** {m.group()[-3:]}", text)
 
 
 def push_host(endpoint: str) -> str:
@@ -350,6 +362,7 @@ def _list_rows(found) -> list[dict]:
             ),
             "channel": Channel(delivery.channel).label,
             "status": Status(delivery.status).label,
+            "error": mask_error(delivery.last_error),
         }
         for delivery in found
     ]

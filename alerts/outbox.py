@@ -213,17 +213,19 @@ def _record_sent(worker: str, outcomes: list[tuple[Delivery, Result]], at: dt.da
     table = connection.ops.quote_name(Delivery._meta.db_table)
     rows = ", ".join(["(%s, %s)"] * len(outcomes))
     when = connection.ops.adapt_datetimefield_value(at)
-    params: list = []
+    params: list = [Status.SENT, when, when]
     for delivery, result in outcomes:
         params += [delivery.pk, result.provider_id[:100]]
-    params += [Status.SENT, when, when, worker, Status.SENDING]
+    params += [worker, Status.SENDING]
     # Only the table's name and the placeholders are formatted in; every
-    # value is a parameter.
+    # value is a parameter. The statement starts with UPDATE (SQLite counts
+    # the rows of no other) and names the VALUES columns as both databases
+    # do: column1, column2.
     sql = (
-        f"WITH v(id, pid) AS (VALUES {rows}) "  # noqa: S608
-        f"UPDATE {table} SET status = %s, sent_at = %s, provider_id = v.pid, "
+        f"UPDATE {table} SET status = %s, sent_at = %s, provider_id = v.column2, "  # noqa: S608
         f"last_error = '', lease_until = NULL, updated_at = %s "
-        f"FROM v WHERE {table}.id = v.id AND {table}.claimed_by = %s AND {table}.status = %s"
+        f"FROM (VALUES {rows}) AS v "
+        f"WHERE {table}.id = v.column1 AND {table}.claimed_by = %s AND {table}.status = %s"
     )
     with connection.cursor() as cursor:
         cursor.execute(sql, params)

@@ -27,12 +27,14 @@ from __future__ import annotations
 import base64
 import binascii
 import functools
+import hmac
 import json
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.conf import settings
 from django.core.cache import cache
+from django.db import transaction
 from django.http import Http404, HttpResponse, JsonResponse
 from django.urls import reverse
 from django.utils import timezone
@@ -42,6 +44,7 @@ from django.views.decorators.http import require_GET, require_POST
 from alerts.forms import CONSENT_VERSION, PreferencesForm
 from alerts.models import Subscriber
 from alerts.push import endpoint_allowed, prune, vapid_public_key
+from hub.auth import address_limit_key
 
 CONSENT_SOURCE = "web-push"
 # A PushSubscription's JSON is about 500 bytes (an endpoint of up to 1,000);
@@ -159,7 +162,8 @@ def _consent(data: dict) -> None:
 def _over_limit(request) -> bool:
     """At most ``SUBSCRIBE_PER_IP_PER_HOUR`` subscriptions per client address
     an hour (the cache: Redis when there is one)."""
-    key = f"alerts:push-subscribe:{request.META.get('REMOTE_ADDR', 'unknown')}"
+    address = address_limit_key(request.META.get("REMOTE_ADDR") or "unknown")
+    key = f"alerts:push-subscribe:{address}"
     if cache.add(key, 1, 3600):
         return False
     try:
@@ -214,11 +218,18 @@ def push_subscribe(request):
         # The endpoint is this browser's own, so whoever is signed in on it may
         # find the subscription under "My alerts".
         fields["user"] = request.user
-    # update_or_create locks the row, and retries a create that lost a race
-    # against the unique endpoint: two requests at once make one subscriber.
-    subscriber, _created = Subscriber.objects.update_or_create(
-        push_endpoint=endpoint, defaults=fields
-    )
+    with transaction.atomic():
+        known = Subscriber.objects.select_for_update().filter(push_endpoint=endpoint).first()
+        if known is not None and not hmac.compare_digest(known.push_auth, auth):
+            # An endpoint is no secret (it is in the owner's data export), but
+            # its auth secret is: only the browser that holds it may change the
+            # subscription or learn its settings link. Nothing is changed.
+            return _private(JsonResponse({"ok": True, "preferences": None}))
+        # update_or_create retries a create that lost a race against the
+        # unique endpoint: two requests at once make one subscriber.
+        subscriber, _created = Subscriber.objects.update_or_create(
+            push_endpoint=endpoint, defaults=fields
+        )
     preferences = reverse("alerts-preferences", args=[subscriber.token])
     response = _private(JsonResponse({"ok": True, "preferences": preferences}))
     response["Referrer-Policy"] = "same-origin"
@@ -231,9 +242,17 @@ def push_unsubscribe(request):
         data = _json_body(request)
     except Invalid as problem:
         return _error(problem)
-    endpoint = data.get("endpoint")
-    if isinstance(endpoint, str) and endpoint and len(endpoint) <= ENDPOINT_MAX_LENGTH:
-        prune(endpoint)
+    endpoint, auth = data.get("endpoint"), (data.get("keys") or {}).get("auth")
+    if (
+        isinstance(endpoint, str)
+        and isinstance(auth, str)
+        and endpoint
+        and len(endpoint) <= ENDPOINT_MAX_LENGTH
+    ):
+        # Only the browser holding the subscription's auth secret turns it off.
+        known = Subscriber.objects.filter(push_endpoint=endpoint).only("push_auth").first()
+        if known is not None and hmac.compare_digest(known.push_auth, auth):
+            prune(endpoint)
     return _private(JsonResponse({"ok": True}))
 
 

@@ -687,3 +687,12 @@ def test_dashboard_speaks_polish():
     with translation.override("pl"):
         untranslated = [msgid for msgid in english if gettext(msgid) == msgid]
     assert untranslated == []
+
+
+def test_an_error_that_repeats_an_address_or_number_is_masked():
+    assert dashboard.mask_error("refused: 550 <jan.kowalski@example.pl> no such user") == (
+        "refused: 550 <j***@example.pl> no such user"
+    )
+    masked = dashboard.mask_error("ERROR 13: bad number 48600123456")
+    assert masked == "ERROR 13: bad number *** 456"
+    assert dashboard.mask_error("push service answered 503") == "push service answered 503"

@@ -630,7 +630,7 @@ def test_subscribing_is_refused_when_push_is_off(push_on, settings):
 def test_subscriptions_from_one_address_are_limited(push_on, settings):
     from django.core.cache import cache
 
-    cache.delete("alerts:push-subscribe:10.9.8.7")
+    cache.delete("alerts:push-subscribe:ip:10.9.8.7")
     settings.ALERTS = {**settings.ALERTS, "SUBSCRIBE_PER_IP_PER_HOUR": 2}
     statuses = [
         post_json(
@@ -641,7 +641,7 @@ def test_subscriptions_from_one_address_are_limited(push_on, settings):
         for _ in range(3)
     ]
     assert statuses == [200, 200, 429]
-    cache.delete("alerts:push-subscribe:10.9.8.7")
+    cache.delete("alerts:push-subscribe:ip:10.9.8.7")
 
 
 @pytest.mark.django_db
@@ -649,10 +649,14 @@ def test_unsubscribing_clears_the_browser_and_says_the_same_for_an_unknown_one(p
     subscription = push_on.subscribe()
     keys = subscription.as_json()["keys"]
     subscriber = push_subscriber(subscription.endpoint, keys["p256dh"], keys["auth"])
-    known = post_json(Client(), "/alerts/push/unsubscribe", {"endpoint": subscription.endpoint})
+    forged = {"endpoint": subscription.endpoint, "keys": {"auth": b64url(os.urandom(16))}}
+    refused = post_json(Client(), "/alerts/push/unsubscribe", forged)
+    subscriber.refresh_from_db()
+    assert subscriber.push_endpoint == subscription.endpoint  # the auth secret did not match
+    known = post_json(Client(), "/alerts/push/unsubscribe", subscription.as_json())
     unknown = post_json(Client(), "/alerts/push/unsubscribe", {"endpoint": "https://x.example/"})
-    assert known.status_code == unknown.status_code == 200
-    assert known.content == unknown.content == b'{"ok": true}'
+    assert known.status_code == unknown.status_code == refused.status_code == 200
+    assert known.content == unknown.content == refused.content == b'{"ok": true}'
     subscriber.refresh_from_db()
     assert subscriber.push_endpoint == "" and subscriber.push_confirmed_at is None
     assert post_json(Client(), "/alerts/push/unsubscribe", b"nope").status_code == 400
@@ -786,15 +790,33 @@ async def test_the_service_worker_shows_a_pushed_alert(hub_processes):
             "tag": "alert-test",
             "severity": "Extreme",
         }
-        await cdp.send(
-            "ServiceWorker.deliverPushMessage",
-            {"origin": base, "registrationId": registration, "data": json.dumps(message)},
-        )
 
         async def shown():
             return await page.evaluate(NOTIFICATIONS)
 
-        [notification] = await _wait(shown, "the notification")
+        # Chromium now and then drops a message DevTools delivers to a worker
+        # that has only just been activated (about one run in six here): the
+        # message is delivered again until it shows, as a push service would
+        # retry one that was not acknowledged.
+        for _attempt in range(4):
+            await cdp.send(
+                "ServiceWorker.deliverPushMessage",
+                {"origin": base, "registrationId": registration, "data": json.dumps(message)},
+            )
+            try:
+                found = await _wait(shown, "the notification", timeout=4.0)
+                break
+            except AssertionError:
+                continue
+        else:
+            workers = await page.evaluate(
+                "navigator.serviceWorker.getRegistrations().then((rs) => rs.map("
+                "(r) => [r.scope, r.active && r.active.state]))"
+            )
+            raise AssertionError(
+                f"timed out waiting for the notification: {registrations=} {workers=}"
+            )
+        [notification] = found
         assert notification == {
             "title": "Powódź: wysoki stan Mrowli",
             "body": "Nie zbliżaj się do wałów.",
@@ -946,3 +968,25 @@ async def test_the_button_subscribes_this_browser_and_an_alert_reaches_it(
     [received] = push_service.received
     assert received.endpoint == subscription.endpoint
     assert received.data["tag"] == alert.identifier
+
+
+@pytest.mark.django_db
+def test_a_known_endpoint_with_another_auth_secret_changes_nothing(push_on):
+    """An endpoint is no secret (it is in its owner's data export): without the
+    subscription's auth secret nobody re-keys it, moves it or learns its link."""
+    subscription = push_on.subscribe()
+    keys = subscription.as_json()["keys"]
+    owner = push_subscriber(subscription.endpoint, keys["p256dh"], keys["auth"])
+    thief = push_on.subscribe()  # a valid key pair of someone else
+    body = {
+        **subscription.as_json(),
+        "keys": thief.as_json()["keys"],
+        "areas": ["stykow"],
+        "categories": [],
+        "consent": True,
+    }
+    response = post_json(Client(), "/alerts/push/subscribe", body)
+    assert response.status_code == 200 and response.json() == {"ok": True, "preferences": None}
+    after = Subscriber.objects.get(pk=owner.pk)
+    assert (after.push_p256dh, after.push_auth) == (keys["p256dh"], keys["auth"])
+    assert after.areas == owner.areas

@@ -119,7 +119,7 @@ async function start() {
       let subscription = await worker.pushManager.getSubscription();
       if (subscription && !sameKey(subscription, key)) {
         // Made with an older server key: the server forgets it too.
-        await post(unsubscribeUrl, { endpoint: subscription.endpoint });
+        await post(unsubscribeUrl, subscription.toJSON());
         await subscription.unsubscribe();
         subscription = null;
       }
@@ -154,7 +154,7 @@ async function start() {
       const worker = await navigator.serviceWorker.getRegistration(workerUrl);
       const subscription = await worker?.pushManager.getSubscription();
       if (subscription) {
-        await post(unsubscribeUrl, { endpoint: subscription.endpoint });
+        await post(unsubscribeUrl, subscription.toJSON());
         await subscription.unsubscribe();
       }
       say(text.stopped);
