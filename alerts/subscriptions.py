@@ -114,6 +114,10 @@ PHONE_SALT = "alerts.subscriptions.phone-page"
 CODE_COOLDOWN_SECONDS = 60
 CODES_PER_HOUR = 5
 HOUR = 3600
+# And CODES_PER_DAY a day: with 5 tries a code, whoever keeps asking for codes
+# for someone else's number gets 50 guesses of a million a day at most.
+CODES_PER_DAY = 10
+DAY = 24 * 3600
 
 # Where each field's error links to in the summary at the top of a form.
 ANCHORS = {
@@ -270,7 +274,10 @@ def send_code(subscriber: Subscriber) -> str:
     cooldown = f"alerts:texted:{subscriber.pk}:{subscriber.phone}"
     if not _cooldown(cooldown, CODE_COOLDOWN_SECONDS):
         return "wait"
-    if _count(f"alerts:codes:{subscriber.pk}", HOUR) > CODES_PER_HOUR:
+    if (
+        _count(f"alerts:codes:{subscriber.pk}", HOUR) > CODES_PER_HOUR
+        or _count(f"alerts:codes-day:{subscriber.pk}", DAY) > CODES_PER_DAY
+    ):
         return "wait"
     channel = configured_channel()
     try:

@@ -519,3 +519,18 @@ def test_a_published_alert_reaches_the_confirmed_number(smsapi, transliterate):
         assert is_gsm7(sent["message"])
     else:
         assert sent["message"].startswith("Wysoki stan wody\nNie zbliżaj się do wałów.")
+
+
+def test_one_subscriber_gets_at_most_ten_codes_a_day(smsapi):
+    """Hours apart, still no more than CODES_PER_DAY: at 5 tries a code, at
+    most 50 guesses a day at someone else's code."""
+    from django.core.cache import cache
+
+    page_url = subscribe()["Location"]
+    subscriber = Subscriber.objects.get()
+    for hour in range(4):
+        cache.delete(f"alerts:codes:{subscriber.pk}")  # a new hour
+        for attempt in range(subscriptions.CODES_PER_HOUR):
+            cooldown_passes(subscriber)
+            Client(REMOTE_ADDR=f"10.1.{hour}.{attempt}").post(page_url, {"action": "send"})
+    assert len(smsapi.accepted) == subscriptions.CODES_PER_DAY
