@@ -9,7 +9,8 @@ unguessable per-deployment secret (``settings.ALERTS["SMS_CALLBACK_SECRET"]``,
 e.g. ``secrets.token_urlsafe(32)``), compared with ``hmac.compare_digest``. A
 wrong secret, or none configured, is ``403`` and nothing is written.
 
-What a report changes (:func:`apply_report`, one transaction, rows locked):
+What a report changes (:func:`alerts.reports.apply_report`, shared with the
+SerwerSMS poll; one transaction, rows locked):
 
 - the delivery is found by ``idx`` (our ``idempotency_key``, indexed) and must
   have that ``MsgId`` as its provider id, or none yet (a send answered "idx
@@ -30,19 +31,20 @@ from __future__ import annotations
 import datetime as dt
 import hmac
 import logging
-from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseForbidden
-from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_safe
 
 from alerts.models import Delivery
-from alerts.sms_providers import SMSAPI_REPORT_NAMES, is_newer, smsapi_status
+from alerts.reports import Report, apply_report
+from alerts.sms_providers import SMSAPI_REPORT_NAMES, smsapi_status
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Report", "apply_report", "parse_smsapi", "secret_ok", "smsapi_report"]
 
 Status = Delivery.Status
 MAX_REPORTS = 1000  # per callback; more is not a report SMSAPI sends
@@ -53,49 +55,6 @@ def secret_ok(given: str) -> bool:
     if not expected:  # not configured: every callback is refused
         return False
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
-
-
-@dataclass(frozen=True)
-class Report:
-    provider_id: str
-    idx: str
-    status: str  # ours: sent, delivered, failed
-    detail: str  # the provider's code and name, for last_error
-    at: dt.datetime | None
-
-
-def apply_report(report: Report) -> bool:
-    """Write one report (inside the caller's transaction). True when it
-    changed the delivery."""
-    rows = Delivery.objects.select_for_update().filter(channel=Delivery.Channel.SMS)
-    if report.idx:
-        delivery = rows.filter(idempotency_key=report.idx).first()
-        if delivery is not None and delivery.provider_id not in ("", report.provider_id):
-            log.warning(
-                "sms report: idx %s has provider id %s, report says %s; ignored",
-                report.idx,
-                delivery.provider_id,
-                report.provider_id,
-            )
-            return False
-    elif report.provider_id:
-        delivery = rows.filter(provider_id=report.provider_id).first()
-    else:
-        delivery = None
-    if delivery is None:
-        log.info("sms report for unknown message %s (idx %r)", report.provider_id, report.idx)
-        return False
-    if not is_newer(delivery.status, report.status):
-        return False
-    changes = {"status": report.status, "lease_until": None}
-    if not delivery.provider_id and report.provider_id:
-        changes["provider_id"] = report.provider_id[:100]
-    if delivery.sent_at is None:
-        changes["sent_at"] = report.at or timezone.now()
-    if report.status == Status.FAILED:
-        changes["last_error"] = f"report: {report.detail}"[:300]
-    Delivery.objects.filter(pk=delivery.pk).update(**changes, updated_at=timezone.now())
-    return True
 
 
 def _split(value: str) -> list[str]:

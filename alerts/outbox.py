@@ -181,6 +181,21 @@ def claim(
     )
 
 
+def renew(worker: str, ids: list[int], now: float, lease: float) -> int:
+    """Extend the lease of deliveries ``worker`` still holds and is sending."""
+    return Delivery.objects.filter(pk__in=ids, claimed_by=worker, status=Status.SENDING).update(
+        lease_until=_at(now + lease)
+    )
+
+
+def release(worker: str, ids: list[int]) -> int:
+    """Give back claimed deliveries that were never sent (the worker is
+    stopping): queued again at once, the try not counted."""
+    return Delivery.objects.filter(pk__in=ids, claimed_by=worker, status=Status.SENDING).update(
+        status=Status.QUEUED, lease_until=None, attempts=F("attempts") - 1
+    )
+
+
 def sent(delivery: Delivery, worker: str, *, now: float, provider_id: str = "") -> bool:
     return bool(record(worker, [(delivery, Result(True, provider_id=provider_id))], now=now))
 

@@ -39,10 +39,15 @@ setting (``ALERTS_SMS_TRANSLITERATE``) or the operator's choice for the alert
 Besides alerts, each channel sends a free text to one number with its own
 idempotency key (``send_text``: a phone's confirmation code, alerts.phone_codes).
 :func:`configured_channel` builds the channel of ``settings.ALERTS``.
+
+Delivery reports, on one status model (:class:`Report`, ``RANK``): SMSAPI
+calls us (alerts.callbacks); SerwerSMS is asked, many messages at once
+(:meth:`SerwerSmsChannel.reports`, polled by alerts.reports).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import http.client
 import json
@@ -612,6 +617,38 @@ class SerwerSmsChannel(_Provider):
                 return str(item["id"])
         return None
 
+    def reports(self, ids: list[str]) -> list[Report]:
+        """The provider's reports on these messages (its ids), asked in one
+        request (``messages/reports`` with ``id`` as a list; more pages are
+        asked for when the provider splits its answer). One :class:`Report`
+        for each message it knows and whose status means something to us
+        (``SERWERSMS_REPORT``); any other status (``pending``, something
+        new) is no news and left out, and so is a message it does not know.
+        Raises :class:`ProviderUnreachable` when it cannot answer."""
+        wanted = list(dict.fromkeys(str(i) for i in ids if i))
+        asked = set(wanted)
+        found: dict[str, Report] = {}
+        page = 1
+        while wanted:
+            payload = {"id": wanted, "limit": len(wanted), "page": page}
+            status, data = self._post("/messages/reports.json", payload, retry_dropped=True)
+            body = _json(data)
+            if status != 200 or not isinstance(body, dict) or body.get("error"):
+                raise ProviderUnreachable(f"reports HTTP {status}: {_short(data)}")
+            for item in body.get("items") or []:
+                report = serwersms_report(item)
+                if report is not None and report.provider_id in asked:
+                    found[report.provider_id] = report
+            paging = body.get("paging")
+            try:
+                pages = int(paging.get("count") or 1) if isinstance(paging, dict) else 1
+            except (TypeError, ValueError):
+                pages = 1
+            if page >= min(pages, SERWERSMS_MAX_REPORT_PAGES):
+                break
+            page += 1
+        return list(found.values())
+
     def payload(self, delivery: Delivery, phone: str, text: str) -> dict:
         return self.text_payload(phone, text, delivery.idempotency_key)
 
@@ -670,6 +707,19 @@ class SerwerSmsChannel(_Provider):
 
 # --- Delivery reports: one status model --------------------------------------
 
+
+@dataclass(frozen=True)
+class Report:
+    """One provider's report on one message, in our terms (applied by
+    alerts.reports.apply_report, whichever provider it came from)."""
+
+    provider_id: str
+    idx: str  # our idempotency key when the provider echoes it (SMSAPI), else ""
+    status: str  # ours: sent, delivered, failed
+    detail: str  # the provider's code and name, for last_error
+    at: dt.datetime | None
+
+
 # SMSAPI report codes (the callback's ``status``).
 SMSAPI_REPORT = {
     402: Status.FAILED,  # EXPIRED: the network gave up within the validity period
@@ -727,3 +777,22 @@ def serwersms_status(name: str) -> str | None:
 
 def is_newer(current: str, reported: str) -> bool:
     return RANK[Status(reported)] > RANK[Status(current)]
+
+
+SERWERSMS_MAX_REPORT_PAGES = 20  # more is a provider answering something else
+
+
+def serwersms_report(item) -> Report | None:
+    """A :class:`Report` from one item of ``messages/reports``
+    (``{id, status, reason, …}``), or None when it is not one we can use.
+    An undelivered or unsent message's ``reason`` (``wrong_number``,
+    ``message_expired``…) goes into the detail, and so into ``last_error``."""
+    if not isinstance(item, dict) or not item.get("id"):
+        return None
+    name = str(item.get("status") or "").strip().lower()
+    status = serwersms_status(name)
+    if status is None:
+        return None
+    reason = str(item.get("reason") or item.get("error_message") or "").strip()
+    detail = f"{name} {reason}".strip()
+    return Report(str(item["id"]), "", status, detail, None)

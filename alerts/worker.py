@@ -16,10 +16,10 @@ from pathlib import Path
 from django.conf import settings
 from django.db import close_old_connections, connection
 
-from alerts import outbox
+from alerts import outbox, reports
 from alerts.channels import EmailChannel, Result
 from alerts.push import WebPushChannel
-from alerts.sms_providers import configured_channel
+from alerts.sms_providers import SerwerSmsChannel, configured_channel
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +97,13 @@ class Lane:
             log.exception("delivery %s failed", delivery.pk)
             return Result(False, error=f"{type(exc).__name__}: {exc}")
 
+    def prepare(self, alert) -> None:
+        """Let the channel work out once what it sends for an alert, in the
+        calling thread: the sending threads never touch the database."""
+        prepare = getattr(self.channel, "prepare", None)
+        if prepare is not None:
+            prepare(alert)
+
     def submit(self, delivery) -> Future:
         return self.pool.submit(self._send, delivery)
 
@@ -133,6 +140,7 @@ class Worker:
             )
         self.clock = clock
         self._stopped = threading.Event()
+        self._reports_polled: float | None = None  # when SerwerSMS was last asked
 
     def stop(self, *_args) -> None:
         self._stopped.set()
@@ -170,9 +178,13 @@ class Worker:
         """Send what was claimed, each channel's share in its lane at once,
         and record the results as they come: together, in one transaction
         per :data:`RECORD_EVERY` results or :data:`RECORD_WITHIN` seconds.
-        Returns how many were claimed."""
+        While sends are in hand their lease is renewed, so a slow provider
+        never lets another worker take (and send again) what this one holds.
+        On stop, what has not started yet is given back at once. Returns how
+        many were claimed."""
         done: list[tuple[object, Result]] = []
         pending: dict[Future, object] = {}
+        lease = settings.ALERTS["LEASE_SECONDS"]
         for delivery in batch:
             lane = self.lanes.get(delivery.channel)
             if delivery.channel not in outbox.channels_of(delivery.subscriber):
@@ -182,17 +194,48 @@ class Worker:
                 error = f"no channel {delivery.channel} configured"
                 done.append((delivery, Result(False, error=error)))
             else:
+                lane.prepare(delivery.alert)  # here, where the database may be used
                 pending[lane.submit(delivery)] = delivery
-        flushed = time.monotonic()
-        while pending:
-            finished, _ = wait(pending, timeout=RECORD_WITHIN, return_when=FIRST_COMPLETED)
-            for future in finished:
-                done.append((pending.pop(future), future.result()))
-            if len(done) >= RECORD_EVERY or time.monotonic() - flushed >= RECORD_WITHIN:
-                outbox.record(self.name, done, now=self.clock())
-                done, flushed = [], time.monotonic()
-        outbox.record(self.name, done, now=self.clock())
+        flushed = renewed = time.monotonic()
+        try:
+            while pending:
+                if self._stopped.is_set():
+                    self._give_back(pending)
+                finished, _ = wait(pending, timeout=RECORD_WITHIN, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    done.append((pending.pop(future), future.result()))
+                now = time.monotonic()
+                if len(done) >= RECORD_EVERY or now - flushed >= RECORD_WITHIN:
+                    self._record(done)
+                    done, flushed = [], now
+                if pending and now - renewed >= lease / 3:
+                    outbox.renew(self.name, [d.pk for d in pending.values()], self.clock(), lease)
+                    renewed = now
+        finally:
+            self._record(done)
         return len(batch)
+
+    def _give_back(self, pending: dict) -> None:
+        """Stopping: sends not started yet are cancelled and their rows
+        queued again for another worker, now rather than after the lease."""
+        cancelled = [pending.pop(f) for f in list(pending) if f.cancel()]
+        if cancelled:
+            outbox.release(self.name, [d.pk for d in cancelled])
+
+    def _record(self, done: list) -> None:
+        """Record results, trying again a few times if the database does not
+        answer: a result not recorded means the message is sent again after
+        the lease runs out."""
+        for attempt in range(3):
+            try:
+                outbox.record(self.name, done, now=self.clock())
+                return
+            except Exception:
+                if attempt == 2:
+                    log.exception("alerts worker: could not record %d results", len(done))
+                    return
+                close_old_connections()
+                time.sleep(0.5 * (attempt + 1))
 
     def run_once(self) -> int:
         """One round of everything: publish and expire what time says,
@@ -207,8 +250,8 @@ class Worker:
         poll = settings.ALERTS["POLL_SECONDS"]
         try:
             while not self._stopped.is_set():
-                close_old_connections()
                 try:
+                    close_old_connections()
                     claimed = self._dispatch(self._claim_lane(name))
                 except Exception:
                     log.exception("alerts worker: %s batch failed; trying again", name)
@@ -221,7 +264,8 @@ class Worker:
     def run(self) -> None:
         """Until SIGTERM: each channel in its own loop; this thread publishes
         and expires what time says, fails deliveries of channels with no
-        sender, and touches the heartbeat file."""
+        sender, asks SerwerSMS for delivery reports (:meth:`poll_reports`),
+        and touches the heartbeat file."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         log.info("alerts worker %s started", self.name)
@@ -234,19 +278,44 @@ class Worker:
         for loop in loops:
             loop.start()
         while not self._stopped.is_set():
-            if heartbeat:
+            # Alive only while every channel's loop is: a dead loop stops the
+            # heartbeat, and the container is restarted.
+            if heartbeat and all(loop.is_alive() for loop in loops):
                 Path(heartbeat).touch()
-            close_old_connections()
             try:
+                close_old_connections()
                 outbox.tick_alerts(now=self.clock())
                 self._dispatch(self._claim_unconfigured())
             except Exception:
                 log.exception("alerts worker: a round failed; trying again")
+            self.poll_reports()
             self._stopped.wait(config["POLL_SECONDS"])
         for loop in loops:
             loop.join()
         self.close()
         log.info("alerts worker %s stopped", self.name)
+
+    def poll_reports(self) -> bool:
+        """Ask SerwerSMS for its delivery reports (it has no callback we can
+        read), at most every ``SMS_REPORT_POLL_SECONDS``; only when it is the
+        configured SMS channel. A failure is logged and waits for the next
+        interval. True when it asked."""
+        sms = self.channels.get("sms")
+        if not isinstance(sms, SerwerSmsChannel):
+            return False
+        now = self.clock()
+        interval = settings.ALERTS["SMS_REPORT_POLL_SECONDS"]
+        if not reports.poll_due(self._reports_polled, now, interval):
+            return False
+        self._reports_polled = now
+        try:
+            changed = reports.poll_serwersms(sms, now=now)
+        except Exception:
+            log.exception("alerts worker: asking SerwerSMS for delivery reports failed")
+        else:
+            if changed:
+                log.info("alerts worker: %d SMS delivery reports from SerwerSMS", changed)
+        return True
 
     def close(self) -> None:
         for lane in self.lanes.values():

@@ -304,6 +304,8 @@ ALERTS = {
     # The public subscribe form: at most this many submissions per client
     # address per hour (each may send an e-mail or an SMS).
     "SUBSCRIBE_PER_IP_PER_HOUR": env_int("ALERTS_SUBSCRIBE_PER_IP_PER_HOUR", 20, minimum=1),
+    # SerwerSMS delivery reports: how often a worker asks for them (s); 0: never.
+    "SMS_REPORT_POLL_SECONDS": env_float("ALERTS_SMS_REPORT_POLL_SECONDS", 60.0, minimum=0.0),
     # The operators' delivery dashboard looks at the counts this often (s).
     "DASHBOARD_SECONDS": env_float("ALERTS_DASHBOARD_SECONDS", 1.0, minimum=0.1),
 }

@@ -50,6 +50,10 @@ class _State:
     script: deque = field(default_factory=deque)
     lock: threading.Lock = field(default_factory=threading.Lock)
     next_id: int = 1000
+    # SerwerSMS messages/reports: what it says about a message (set by the
+    # test; "sent" for an accepted one otherwise), and every query it got.
+    reports: dict[str, dict] = field(default_factory=dict)
+    report_queries: list[dict] = field(default_factory=list)
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -243,14 +247,35 @@ class _SerwerSmsHandler(_Handler):
         self.reply(200, {"success": True, "queued": 1, "unsent": 0, "items": [item]})
 
     def reports(self, payload: dict) -> None:
+        """``id`` and ``unique_id`` each one value or a list; ``limit`` items
+        a page (default 50), ``page`` from 1; ``paging.count`` is the number
+        of pages."""
+
+        def wanted(key: str) -> set[str]:
+            value = payload.get(key)
+            values = value if isinstance(value, list) else [value] if value else []
+            return {str(v) for v in values}
+
+        ids, uids = wanted("id"), wanted("unique_id")
         with self.state.lock:
-            found = [
-                {"id": m["id"], "phone": m["phone"], "status": "sent", "parts": m["parts"]}
+            self.state.report_queries.append(payload)
+            messages = {
+                m["id"]: {"id": m["id"], "phone": m["phone"], "status": "sent", "parts": m["parts"]}
                 for m in self.state.accepted
-                if (payload.get("unique_id") and m.get("unique_id") == payload["unique_id"])
-                or (payload.get("id") and m["id"] == payload["id"])
-            ]
-        self.reply(200, {"paging": {"page": 1, "count": 1}, "items": found})
+                if m.get("unique_id") in uids or m["id"] in ids
+            }
+            for message_id, report in self.state.reports.items():
+                if message_id in ids or message_id in messages:
+                    messages[message_id] = {
+                        **messages.get(message_id, {"id": message_id, "parts": 1}),
+                        **report,
+                    }
+        found = list(messages.values())
+        limit = max(1, int(payload.get("limit") or 50))
+        page = max(1, int(payload.get("page") or 1))
+        pages = max(1, -(-len(found) // limit))
+        items = found[(page - 1) * limit : page * limit]
+        self.reply(200, {"paging": {"page": page, "count": pages}, "items": items})
 
 
 class FakeProvider:
@@ -333,3 +358,16 @@ class FakeSerwerSms(FakeProvider):
     handler = _SerwerSmsHandler
 
     provider = "serwersms"
+
+    def report(self, message_id: str, status: str, **fields) -> None:
+        """From now on ``messages/reports`` says this about the message
+        (``status``: delivered, undelivered, sent, pending…; ``fields``:
+        ``reason`` and the like), whether it was sent here or not."""
+        with self.server.state.lock:
+            self.server.state.reports[message_id] = {"status": status, **fields}
+
+    @property
+    def report_queries(self) -> list[dict]:
+        """The payloads of every ``messages/reports`` request, in order."""
+        with self.server.state.lock:
+            return list(self.server.state.report_queries)

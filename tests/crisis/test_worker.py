@@ -216,3 +216,93 @@ def test_parallel_sms_sends_reach_every_number_once_over_several_connections(set
         assert sorted("+" + m["to"] for m in smsapi.accepted) == phones  # each once
         assert 1 < smsapi.connections <= 3  # one kept-alive connection per thread
     assert set(Delivery.objects.values_list("status", flat=True)) == {"sent"}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_lease_is_renewed_while_a_slow_send_is_in_hand(settings):
+    """A provider slower than the lease: the row stays this worker's, so no
+    other worker takes it and sends it again."""
+    from django.db import connection
+
+    settings.ALERTS = {**settings.ALERTS, "LEASE_SECONDS": 0.6}
+    author = make_user("operatorka-w7", "operator")
+    subscribers(1)
+    outbox.publish(new_alert(author).pk, author, now=time.time())
+    seen = {}
+
+    class Slow:
+        concurrent = True
+
+        def send(self, delivery):
+            time.sleep(1.2)  # twice the lease
+            row = Delivery.objects.get(pk=delivery.pk)
+            seen["lease_left"] = row.lease_until.timestamp() - time.time()
+            seen["other"] = outbox.claim("other", now=time.time(), batch=10, lease=60)
+            connection.close()
+            return Result(True, provider_id="slow")
+
+    worker = Worker(name="w", channels={"email": Slow()})
+    try:
+        assert worker.run_once() == 1
+    finally:
+        worker.close()
+    assert seen["lease_left"] > 0 and seen["other"] == []
+    assert Delivery.objects.get().status == "sent"
+
+
+@pytest.mark.django_db
+def test_stopping_gives_back_what_was_not_sent_yet(settings):
+    settings.ALERTS = {**settings.ALERTS, "EMAIL_CONCURRENCY": 1}
+    author = make_user("operatorka-w8", "operator")
+    subscribers(5)
+    outbox.publish(new_alert(author).pk, author, now=time.time())
+    sent = []
+
+    class StopsAfterOne:
+        concurrent = False
+
+        def send(self, delivery):
+            worker.stop()  # SIGTERM arrives during the first send
+            time.sleep(0.3)
+            sent.append(delivery.pk)
+            return Result(True, provider_id="x")
+
+    worker = Worker(name="w", channels={"email": StopsAfterOne()})
+    try:
+        assert worker.run_once() == 5
+    finally:
+        worker.close()
+    rows = {d.pk: d for d in Delivery.objects.all()}
+    assert len(sent) == 1 and rows[sent[0]].status == "sent"
+    back = [d for pk, d in rows.items() if pk not in sent]
+    assert len(back) == 4  # queued again at once, the try not counted
+    assert {(d.status, d.attempts, d.lease_until, d.claimed_by) for d in back} == {
+        ("queued", 0, None, "w")
+    }
+    assert len(outbox.claim("other", now=time.time(), batch=10, lease=60)) == 4
+
+
+@pytest.mark.django_db
+def test_a_channel_prepares_each_alert_where_the_database_may_be_used():
+    author = make_user("operatorka-w9", "operator")
+    subscribers(6)
+    outbox.publish(new_alert(author).pk, author, now=time.time())
+    threads = {"prepare": set(), "send": set()}
+
+    class Prepares:
+        concurrent = True
+
+        def prepare(self, alert):
+            threads["prepare"].add(threading.current_thread().name)
+
+        def send(self, delivery):
+            threads["send"].add(threading.current_thread().name)
+            return Result(True, provider_id="p")
+
+    worker = Worker(name="w", channels={"email": Prepares()})
+    try:
+        assert worker.run_once() == 6
+    finally:
+        worker.close()
+    assert threads["prepare"] == {threading.current_thread().name}
+    assert threads["send"] and all(name.startswith("alerts-email") for name in threads["send"])
