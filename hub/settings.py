@@ -275,9 +275,9 @@ ALERTS = {
     # at most how many it starts per second (0: no limit). Where a provider's
     # contract limits requests per second, set its rate to that limit divided
     # by the number of workers (a provider's 429 is retried with backoff).
-    "EMAIL_CONCURRENCY": env_int("ALERTS_EMAIL_CONCURRENCY", 4, minimum=1),
+    "EMAIL_CONCURRENCY": env_int("ALERTS_EMAIL_CONCURRENCY", 8, minimum=1),
     "EMAIL_RATE": env_float("ALERTS_EMAIL_RATE", 0.0, minimum=0.0),
-    "SMS_CONCURRENCY": env_int("ALERTS_SMS_CONCURRENCY", 4, minimum=1),
+    "SMS_CONCURRENCY": env_int("ALERTS_SMS_CONCURRENCY", 8, minimum=1),
     "SMS_RATE": env_float("ALERTS_SMS_RATE", 0.0, minimum=0.0),
     "PUSH_CONCURRENCY": env_int("ALERTS_PUSH_CONCURRENCY", 8, minimum=1),
     "PUSH_RATE": env_float("ALERTS_PUSH_RATE", 0.0, minimum=0.0),
