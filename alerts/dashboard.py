@@ -40,6 +40,7 @@ from urllib.parse import urlsplit
 from channels.db import database_sync_to_async
 from django import forms
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.core.paginator import Paginator
 from django.db.models import Count, Max, Q
 from django.db.models.functions import Coalesce
@@ -435,6 +436,17 @@ def _errors(*bound_forms: forms.Form) -> list[dict]:
 # --- Live ---------------------------------------------------------------------------------------
 
 
+# An open dashboard socket checks that its user is still an operator every
+# this many looks at the counts (30 s at the default ALERTS_DASHBOARD_SECONDS).
+ROLE_CHECK_EVERY = 30
+
+
+def still_operator(user_pk: int) -> bool:
+    """The user as stored now (not as when the socket opened) may operate."""
+    user = get_user_model().objects.filter(pk=user_pk, is_active=True).first()
+    return user is not None and may_operate(user)
+
+
 class DeliveryDashboardConsumer(EnvelopeConsumer):
     """``/ws/alerts/console/<pk>/deliveries/``: an operator's live counts."""
 
@@ -469,8 +481,16 @@ class DeliveryDashboardConsumer(EnvelopeConsumer):
         await super().disconnect(code)
 
     async def _watch_forever(self) -> None:
+        looks = 0
         while True:
             try:
+                looks += 1
+                if looks % ROLE_CHECK_EVERY == 0:
+                    if not await database_sync_to_async(still_operator)(self.scope["user"].pk):
+                        # The role was taken away (or the account closed) while
+                        # the page was open: the counts stop now, not at reconnect.
+                        await self.close(code=int(CloseCode.FORBIDDEN))
+                        return
                 await self.send_if_changed()
             except Exception:  # the database away for a moment: the next look tries again
                 log.warning("delivery dashboard %s: no counts", self.alert_pk, exc_info=True)

@@ -534,6 +534,26 @@ async def test_the_socket_refuses_everyone_but_operators(hub_processes):
         await connect(missing, origin=ORIGIN, additional_headers=author_headers)
 
 
+@pytest.mark.integration
+@pytest.mark.django_db(transaction=True)
+async def test_the_socket_closes_when_the_operator_role_is_taken_away(hub_processes):
+    author, _resident, alert, _rows = await database_sync_to_async(_dashboard_world)()
+    headers = await database_sync_to_async(cookie_of)(author)
+    # A look every 0.1 s: the role is checked every 3 s.
+    port = hub_processes.daphne(
+        {"DATABASE_URL": url_of_test_database(), "ALERTS_DASHBOARD_SECONDS": "0.1"}
+    )
+    url = f"ws://127.0.0.1:{port}/ws/alerts/console/{alert.pk}/deliveries/"
+    async with connect(url, origin=ORIGIN, additional_headers=headers) as ws:
+        await next_of(ws, "deliveries")
+        await database_sync_to_async(lambda: author.groups.clear())()
+        with pytest.raises(ConnectionClosed) as closed:
+            async with asyncio.timeout(10):
+                while True:
+                    await ws.recv()
+        assert closed.value.rcvd.code == CloseCode.FORBIDDEN
+
+
 # --- The page in a real browser ---------------------------------------------------------------
 
 
