@@ -586,6 +586,11 @@ def _phone_subscriber(signed: str) -> Subscriber | None:
     return Subscriber.objects.filter(pk=payload["id"], phone=phone).first()
 
 
+def _confirmed_here(subscriber: Subscriber) -> str:
+    """The session key saying this browser typed the code for this number."""
+    return f"alerts:phone-confirmed:{subscriber.pk}:{subscriber.phone}"
+
+
 def _phone_page(request, subscriber, *, status=200, problem="", notice=""):
     state = phone_codes.state_of(subscriber)
     config = settings.ALERTS
@@ -602,7 +607,12 @@ def _phone_page(request, subscriber, *, status=200, problem="", notice=""):
             "alerts/phone.html",
             {
                 "subscriber": subscriber,
-                "confirmed": bool(subscriber.phone_confirmed_at) and not active,
+                # Said only to the browser that typed the code: the link comes
+                # to whoever fills in the form with the number, and must not tell
+                # them whether its owner subscribed.
+                "confirmed": bool(subscriber.phone_confirmed_at)
+                and not active
+                and bool(request.session.get(_confirmed_here(subscriber))),
                 "active": active,
                 "expires_at": state.sent_at + dt.timedelta(seconds=ttl) if active else None,
                 "tries_left": config["PHONE_CODE_MAX_ATTEMPTS"] - state.attempts,
@@ -708,9 +718,14 @@ def phone(request, signed: str):
             # As with the settings link below: the code proves the number, not
             # an address still unconfirmed on the row.
             link_to_account(subscriber, request.user, proven=True)
+        request.session[_confirmed_here(subscriber)] = True
         return _phone_confirmed(request, subscriber)
-    if verdict.outcome is Outcome.NO_CODE and subscriber.phone_confirmed_at:
-        return _phone_page(request, subscriber)  # confirmed already (a code sent twice)
+    if (
+        verdict.outcome is Outcome.NO_CODE
+        and subscriber.phone_confirmed_at
+        and request.session.get(_confirmed_here(subscriber))
+    ):
+        return _phone_page(request, subscriber)  # confirmed here already (a code sent twice)
     if verdict.outcome is Outcome.WRONG:
         problem = ngettext(
             "The code is wrong. You have %(tries)d more try.",

@@ -212,16 +212,25 @@ def test_a_number_alone_is_confirmed_with_the_code_from_the_sms(smsapi):
     subscriber.refresh_from_db()
     assert subscriber.phone_code_attempts == 1 and subscriber.phone_confirmed_at is None
 
-    good = Client().post(page_url, {"action": "confirm", "code": code})
+    browser = Client()
+    good = browser.post(page_url, {"action": "confirm", "code": code})
     assert good.status_code == 200
     text = good.content.decode()
     assert f'href="/alerts/preferences/{subscriber.token}/"' in text  # a number alone: its row
     subscriber.refresh_from_db()
     assert subscriber.phone_confirmed_at is not None
     assert subscriber.phone_code_hash == "" and subscriber.phone_code_attempts == 0
-    # Used once: the same code again finds nothing waiting.
-    again = Client().post(page_url, {"action": "confirm", "code": code})
+    # Used once: the same code again (a double submit) finds nothing waiting;
+    # the browser that typed it is told the number is confirmed…
+    again = browser.post(page_url, {"action": "confirm", "code": code})
     assert again.status_code == 200 and 'data-state="confirmed"' in again.content.decode()
+    # …anyone else with the link (whoever fills in the form with the number)
+    # learns nothing about whether its owner subscribed.
+    stranger = Client().post(page_url, {"action": "confirm", "code": code})
+    assert stranger.status_code == 400 and 'data-state="confirmed"' not in stranger.content.decode()
+    looked = Client().get(page_url)
+    assert 'data-state="confirmed"' not in looked.content.decode()
+    assert 'data-state="no-code"' in looked.content.decode()
     assert len(smsapi.accepted) == 1
 
 
