@@ -51,48 +51,66 @@ def _close_quietly(connection) -> None:
     try:
         connection.close()
     except Exception as exc:  # a broken connection may fail to say goodbye
-        log.debug("closing an SMTP connection: %s", exc)
+        log.debug("closing a connection: %s", exc)
+
+
+class PerThread:
+    """One connection per sending thread (the worker sends from several at
+    once): made by ``opener`` when a thread first asks, closed by ``closer``."""
+
+    def __init__(self, opener, closer=_close_quietly):
+        self._open_one, self._close_one = opener, closer
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._all: list = []
+
+    def get(self):
+        """This thread's connection."""
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            connection = self._local.connection = self._open_one()
+            with self._lock:
+                self._all.append(connection)
+        return connection
+
+    def drop(self) -> None:
+        """Close this thread's connection (after a failure): the next
+        :meth:`get` opens a new one."""
+        connection = getattr(self._local, "connection", None)
+        self._local.connection = None
+        if connection is not None:
+            with self._lock:
+                if connection in self._all:
+                    self._all.remove(connection)
+            self._close_one(connection)
+
+    def close_all(self) -> None:
+        """Close every thread's connection (the worker is stopping)."""
+        with self._lock:
+            connections, self._all = self._all, []
+        for connection in connections:
+            self._close_one(connection)
+        self._local = threading.local()
+
+
+def _smtp_connection():
+    connection = get_connection(fail_silently=False)
+    connection.open()
+    return connection
 
 
 class EmailChannel:
     """SMTP with one connection kept open across messages per sending thread
     (reopened after a failure). Polish, plain text and HTML, with RFC 8058
-    one-click unsubscribe headers. Safe to call from several threads: each
-    has its own connection."""
+    one-click unsubscribe headers."""
 
     concurrent = True
 
     def __init__(self):
-        self._local = threading.local()
-        self._open: list = []
-        self._lock = threading.Lock()
-
-    def _connection(self):
-        connection = getattr(self._local, "connection", None)
-        if connection is None:
-            connection = get_connection(fail_silently=False)
-            connection.open()
-            self._local.connection = connection
-            with self._lock:
-                self._open.append(connection)
-        return connection
-
-    def _drop(self) -> None:
-        connection = getattr(self._local, "connection", None)
-        self._local.connection = None
-        if connection is not None:
-            with self._lock:
-                if connection in self._open:
-                    self._open.remove(connection)
-            _close_quietly(connection)
+        self._connections = PerThread(_smtp_connection)
 
     def close(self) -> None:
-        """Close every thread's connection (the worker is stopping)."""
-        with self._lock:
-            connections, self._open = self._open, []
-        for connection in connections:
-            _close_quietly(connection)
-        self._local = threading.local()
+        self._connections.close_all()
 
     def send(self, delivery: Delivery) -> Result:
         alert, subscriber = delivery.alert, delivery.subscriber
@@ -109,7 +127,7 @@ class EmailChannel:
                 "Message-ID": message_id,
                 "Content-Language": "pl",
             },
-            connection=self._connection(),
+            connection=self._connections.get(),
         )
         message.attach_alternative(email_html(alert), "text/html")
         try:
@@ -122,6 +140,6 @@ class EmailChannel:
             )
             return Result(False, error=f"refused: {reasons}", permanent=True)
         except (smtplib.SMTPException, OSError) as exc:
-            self._drop()
+            self._connections.drop()
             return Result(False, error=f"{type(exc).__name__}: {exc}")
         return Result(True, provider_id=message_id)

@@ -53,7 +53,7 @@ from py_vapid import Vapid, VapidException
 from pywebpush import WebPusher
 
 from alerts import rules
-from alerts.channels import Result
+from alerts.channels import PerThread, Result
 from alerts.models import Alert, Delivery, Subscriber
 from alerts.outbox import ADDRESS_FIELDS
 
@@ -280,6 +280,12 @@ class Prepared:
 # --- The channel -------------------------------------------------------------------
 
 
+def _new_session() -> requests.Session:
+    session = requests.Session()
+    session.headers["User-Agent"] = "eGmina-Hub-alerts"
+    return session
+
+
 class WebPushChannel:
     """Posts each delivery to its subscriber's push service.
 
@@ -308,8 +314,7 @@ class WebPushChannel:
         self._lock = threading.Lock()
         self._tokens: dict[str, tuple[str, float]] = {}  # audience → (header, exp)
         self._prepared: dict[int, Prepared] = {}  # alert pk → message
-        self._local = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._sessions = PerThread(_new_session, closer=lambda session: session.close())
         # A subject the push services would refuse fails now, not at the
         # first alert (RFC 8292 §2.1: a mailto: or https: URI).
         self._sign("https://push.invalid")
@@ -384,22 +389,10 @@ class WebPushChannel:
     # HTTP
 
     def _session(self) -> requests.Session:
-        session = getattr(self._local, "session", None)
-        if session is None:
-            session = requests.Session()
-            session.headers["User-Agent"] = "eGmina-Hub-alerts"
-            self._local.session = session
-            with self._lock:
-                self._sessions.append(session)
-        return session
+        return self._sessions.get()
 
     def close(self) -> None:
-        """Close every thread's connections (the worker is stopping)."""
-        with self._lock:
-            sessions, self._sessions = self._sessions, []
-        for session in sessions:
-            session.close()
-        self._local = threading.local()
+        self._sessions.close_all()
 
     def send(self, delivery: Delivery) -> Result:
         subscriber = delivery.subscriber

@@ -53,14 +53,13 @@ import http.client
 import json
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from urllib.parse import urlencode, urlsplit
 
 from django.conf import settings
 
-from alerts.channels import Result
+from alerts.channels import PerThread, Result
 from alerts.models import Delivery
 from alerts.sms import is_gsm7, sms_length, to_gsm7
 
@@ -373,27 +372,15 @@ class _Provider:
     def __init__(self, config: SmsConfig):
         _Http(config)  # a bad provider URL fails now, not at the first alert
         self.config = config
-        self._local = threading.local()
-        self._lock = threading.Lock()
-        self._open: list[_Http] = []
+        self._connections = PerThread(lambda: _Http(config), closer=lambda http: http.close())
 
     @property
     def http(self) -> _Http:
         """This thread's connection to the provider."""
-        connection = getattr(self._local, "http", None)
-        if connection is None:
-            connection = self._local.http = _Http(self.config)
-            with self._lock:
-                self._open.append(connection)
-        return connection
+        return self._connections.get()
 
     def close(self) -> None:
-        """Close every thread's connection (the worker is stopping)."""
-        with self._lock:
-            opened, self._open = self._open, []
-        for connection in opened:
-            connection.close()
-        self._local = threading.local()
+        self._connections.close_all()
 
 
 def _json(data: bytes):

@@ -438,6 +438,12 @@ def subscribe(request):
     areas, categories = request.POST.getlist("areas"), request.POST.getlist("categories")
     if not form.is_valid():
         return _subscribe_page(request, form, areas=areas, categories=categories, status=400)
+
+    def not_sent(problem):  # the form again, as it was filled in, with why
+        return _subscribe_page(
+            request, form, areas=areas, categories=categories, status=503, problem=problem
+        )
+
     subscriber, to_send = subscribe_or_merge(form.cleaned_data, now=timezone.now())
     account_email = _account_email(request.user)
     if account_email and form.cleaned_data["email"].lower() == account_email.lower():
@@ -445,16 +451,11 @@ def subscribe(request):
     if not form.cleaned_data["email"]:
         # A number alone: its code now, and the page to type it in.
         if send_code(subscriber) == "failed":
-            return _subscribe_page(
-                request,
-                form,
-                areas=areas,
-                categories=categories,
-                status=503,
-                problem=_(
+            return not_sent(
+                _(
                     "The text message with the code could not be sent just now. "
                     "Please try again in a few minutes."
-                ),
+                )
             )
         return redirect(phone_url(subscriber))
     cooldown = f"alerts:mailed:{subscriber.pk}"
@@ -470,16 +471,11 @@ def subscribe(request):
     except (smtplib.SMTPException, OSError):
         cache.delete(cooldown)  # nothing went out: a retry may send at once
         log.exception("the confirmation e-mail to subscriber %s was not sent", subscriber.pk)
-        return _subscribe_page(
-            request,
-            form,
-            areas=areas,
-            categories=categories,
-            status=503,
-            problem=_(
+        return not_sent(
+            _(
                 "The confirmation e-mail could not be sent just now. "
                 "Please try again in a few minutes."
-            ),
+            )
         )
     return redirect(f"{reverse('alerts-subscribe')}?sent=email")
 

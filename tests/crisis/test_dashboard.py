@@ -29,6 +29,7 @@ from alerts import dashboard
 from alerts.dashboard import DeliveryCounts, summarize
 from alerts.models import Alert, Delivery, Subscriber
 from hub.envelope import CloseCode, encode
+from tests.crisis.test_banner import wait_for
 from tests.crisis.test_outbox import new_alert
 from tests.meet.helpers import make_user, session_cookie
 
@@ -555,14 +556,6 @@ async def test_the_socket_closes_when_the_operator_role_is_taken_away(hub_proces
 
 
 # --- The page in a real browser ---------------------------------------------------------------
-
-
-async def wait_for(page, script: str, timeout: float = 15.0):
-    deadline = time.monotonic() + timeout
-    while not await page.evaluate(script):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {script}")
-        await asyncio.sleep(0.1)
 
 
 async def sign_in(page, base: str, next_url: str) -> None:

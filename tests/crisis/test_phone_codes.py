@@ -29,6 +29,7 @@ from alerts.sms_providers import configured_channel
 from alerts.worker import Worker
 from tests.crisis.sms_servers import FakeSerwerSms, FakeSmsApi, Step
 from tests.crisis.test_outbox import new_alert
+from tests.crisis.test_subscriptions import local_mail_and_cache
 from tests.meet.helpers import make_user
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.crisis.subscription_urls")]
@@ -47,14 +48,7 @@ def pl(text) -> str:
 
 @pytest.fixture(autouse=True)
 def _settings(settings):
-    settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
-    settings.PUBLIC_BASE_URL = "https://egmina.example"
-    settings.CACHES = {
-        "default": {
-            "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "LOCATION": f"phone-codes-{time.monotonic_ns()}",
-        }
-    }
+    local_mail_and_cache(settings, "phone-codes")
 
 
 @pytest.fixture

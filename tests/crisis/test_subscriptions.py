@@ -37,18 +37,23 @@ def smsapi(settings):
         yield server
 
 
-@pytest.fixture(autouse=True)
-def _mail(settings):
+def local_mail_and_cache(settings, name: str) -> None:
+    """E-mails kept in memory, links to https://egmina.example, and a cache
+    of this test alone (the cooldowns and limits live there; never a flush of
+    the shared Redis)."""
     settings.EMAIL_BACKEND = "django.core.mail.backends.locmem.EmailBackend"
     settings.PUBLIC_BASE_URL = "https://egmina.example"
-    # A cache of this test alone (the mail cooldown lives there; never a
-    # flush of the shared Redis).
     settings.CACHES = {
         "default": {
             "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-            "LOCATION": f"subscriptions-{time.monotonic_ns()}",
+            "LOCATION": f"{name}-{time.monotonic_ns()}",
         }
     }
+
+
+@pytest.fixture(autouse=True)
+def _mail(settings):
+    local_mail_and_cache(settings, "subscriptions")
 
 
 def cooldown_passes() -> None:
