@@ -1,0 +1,1 @@
+"""Selective forwarding on aiortc: encoded frames in, the same frames out."""

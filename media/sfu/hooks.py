@@ -1,0 +1,89 @@
+"""The private aiortc attributes the forwarder stands on, in one place.
+
+aiortc has no passthrough for received media (aiortc/aiortc#449, #627): every
+received track is decoded and every sent track encoded. The forwarder cuts in
+at five private points of aiortc 1.16 (see ``media/DESIGN-sfu.md``). They are
+reached only through this module, and :func:`check` fails loudly when an aiortc
+upgrade moves one of them, instead of media silently stopping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiortc
+from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
+
+TESTED_VERSION = "1.16."
+
+_JITTER_BUFFER = "_RTCRtpReceiver__jitter_buffer"
+_CODECS = "_RTCRtpReceiver__codecs"
+
+
+class HookMissing(RuntimeError):
+    """aiortc no longer has an attribute the forwarder relies on."""
+
+
+def check() -> None:
+    """Raise :class:`HookMissing` unless aiortc still has every hook."""
+    problems = []
+    if not aiortc.__version__.startswith(TESTED_VERSION):
+        problems.append(f"aiortc {aiortc.__version__} (tested with {TESTED_VERSION}x)")
+    init_names = RTCRtpReceiver.__init__.__code__.co_names
+    for name in (_JITTER_BUFFER, _CODECS):
+        if name not in init_names:
+            problems.append(f"RTCRtpReceiver.{name}")
+    if "_codecs" not in RTCRtpTransceiver.__init__.__code__.co_names:
+        problems.append("RTCRtpTransceiver._codecs")
+    if not callable(getattr(RTCRtpReceiver, "_send_rtcp_pli", None)):
+        problems.append("RTCRtpReceiver._send_rtcp_pli")
+    for name in ("_send_keyframe", "_next_encoded_frame", "_handle_rtcp_packet"):
+        if not callable(getattr(RTCRtpSender, name, None)):
+            problems.append(f"RTCRtpSender.{name}")
+    if "_send_keyframe" not in RTCRtpSender._handle_rtcp_packet.__code__.co_names:
+        problems.append("RTCRtpSender._handle_rtcp_packet no longer calls _send_keyframe")
+    if problems:
+        raise HookMissing("the forwarder's aiortc hooks changed: " + ", ".join(problems))
+
+
+def set_jitter_buffer(receiver: RTCRtpReceiver, buffer: Any) -> None:
+    """Replace the receiver's jitter buffer; must happen before RTP arrives
+    (the peer connection emits "track" before it starts the receiver)."""
+    setattr(receiver, _JITTER_BUFFER, buffer)
+
+
+def receiver_codecs(receiver: RTCRtpReceiver) -> dict:
+    """Payload type → ``RTCRtpCodecParameters`` the receiver was started with."""
+    return getattr(receiver, _CODECS)
+
+
+def negotiated_codecs(transceiver: RTCRtpTransceiver) -> list:
+    """The codecs agreed for *transceiver* in the last offer/answer, preferred first
+    (set by ``setRemoteDescription``, before the receiver starts)."""
+    return list(transceiver._codecs)
+
+
+def send_pli(receiver: RTCRtpReceiver, media_ssrc: int) -> Awaitable[None]:
+    """Ask the publisher for a keyframe (RTCP PLI, RFC 4585 §6.3.1)."""
+    return receiver._send_rtcp_pli(media_ssrc)
+
+
+def on_keyframe_request(sender: RTCRtpSender, handler: Callable[[], None]) -> None:
+    """Call *handler* when the subscriber behind *sender* sends PLI or FIR.
+
+    For packet tracks aiortc's own handler only sets a flag its encoder never
+    reads, so it is replaced on this one instance."""
+    sender._send_keyframe = handler
+
+
+def wrap_next_encoded_frame(
+    sender: RTCRtpSender, wrapper: Callable[[Callable, Any], Awaitable[Any]]
+) -> None:
+    """Let *wrapper(original, codec)* post-process every encoded frame the sender sends."""
+    original = sender._next_encoded_frame
+
+    async def next_encoded_frame(codec):
+        return await wrapper(original, codec)
+
+    sender._next_encoded_frame = next_encoded_frame

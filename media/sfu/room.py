@@ -1,0 +1,327 @@
+"""Rooms of the forwarding unit: who publishes, who watches, and their peers.
+
+One server-side ``RTCPeerConnection`` per session. A *publish* session
+receives at most one video track (VP8 or H.264) and one audio track (Opus);
+each becomes a :class:`~media.sfu.forwarder.Forwarder`. A *subscribe* session
+gets a send-only copy of every track published in the room when it offers, in
+the publisher's codec. Both are negotiated the WHIP/WHEP way: the client
+offers, the server answers with all its candidates (no trickle needed).
+
+:class:`Sfu` holds the rooms of one process and its limits; it is what the
+WHIP/WHEP views and the media worker talk to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
+from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+
+from media.sfu import hooks
+from media.sfu.forwarder import Forwarder
+from media.sfu.speaker import ActiveSpeaker
+from signaling.sdp import BadInput as SdpRefused
+from signaling.sdp import check_description
+
+log = logging.getLogger(__name__)
+
+# What aiortc raises on an offer it cannot parse or apply (its parser asserts).
+_UNREADABLE = (
+    AssertionError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    InvalidAccessError,
+    InvalidStateError,
+    InternalError,
+)
+PUBLISH_CODECS = {"video": ("video/vp8", "video/h264", "video/rtx"), "audio": ("audio/opus",)}
+
+
+def _media_kinds(offer: str) -> list[str]:
+    return [line[2:].split(" ", 1)[0] for line in offer.splitlines() if line.startswith("m=")]
+
+
+class MediaError(Exception):
+    """A request the media plane refuses; *status* is the HTTP answer."""
+
+    status = 400
+
+    def __init__(self, reason: str, detail: str = ""):
+        super().__init__(detail or reason)
+        self.reason = reason
+        self.detail = detail or reason
+
+
+class BadOffer(MediaError):
+    status = 400
+
+
+class NoCommonCodec(MediaError):
+    status = 422
+
+
+class NotFound(MediaError):
+    status = 404
+
+
+class Busy(MediaError):
+    """The stream already has a publisher."""
+
+    status = 409
+
+
+class Full(MediaError):
+    """This media process is at its peer or bitrate limit."""
+
+    status = 503
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_peers: int = 300
+    max_bitrate_kbps: int = 400_000
+    connect_timeout: float = 30.0  # a session whose ICE/DTLS never completes is dropped
+    max_sdp_bytes: int = 32 * 1024
+
+
+@dataclass
+class Session:
+    id: str
+    room: str
+    kind: str  # "publish" | "subscribe"
+    owner: str  # who may end it (opaque: a key id, a user id)
+    pc: RTCPeerConnection
+    created: float = field(default_factory=time.monotonic)
+    forwarders: dict[str, Forwarder] = field(default_factory=dict)  # publish: kind → forwarder
+    tracks: list = field(default_factory=list)  # subscribe: ForwardedTrack copies
+
+    @property
+    def connected(self) -> bool:
+        return self.pc.connectionState == "connected"
+
+
+class Room:
+    """Publishers and subscribers sharing one set of forwarded tracks."""
+
+    def __init__(self, name: str, on_event: Callable[[str, dict], None] | None = None):
+        self.name = name
+        self.sessions: dict[str, Session] = {}
+        self.speaker = ActiveSpeaker()
+        self.on_event = on_event or (lambda kind, data: None)
+
+    @property
+    def publishers(self) -> list[Session]:
+        return [s for s in self.sessions.values() if s.kind == "publish"]
+
+    def forwarders(self) -> list[Forwarder]:
+        return [f for s in self.publishers for f in s.forwarders.values()]
+
+    def _on_level(self, source: str, level: int) -> None:
+        changed = self.speaker.add(source, level, time.monotonic())
+        if changed is not None:
+            self.on_event("speaker", {"room": self.name, "session": changed})
+
+
+class Sfu:
+    """All rooms of one process, with its limits."""
+
+    def __init__(self, limits: Limits | None = None, rtc_config: RTCConfiguration | None = None):
+        self.limits = limits or Limits()
+        self.rtc_config = rtc_config
+        self.rooms: dict[str, Room] = {}
+        self.sessions: dict[str, Session] = {}
+        self.on_event: Callable[[str, dict], None] = lambda kind, data: None
+        self._tasks: set[asyncio.Task] = set()
+
+    def _background(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # load ----------------------------------------------------------------------
+    @property
+    def peers(self) -> int:
+        return len(self.sessions)
+
+    def bitrate_kbps(self) -> int:
+        """Forwarded bitrate: each published track's rate times its readers plus one (in)."""
+        total = 0.0
+        now = time.monotonic()
+        for room in self.rooms.values():
+            for session in room.publishers:
+                age = max(now - session.created, 1.0)
+                for forwarder in session.forwarders.values():
+                    total += forwarder.bytes * 8 / 1000 / age * (1 + len(forwarder.subscribers))
+        return int(total)
+
+    def _admit(self) -> None:
+        if self.peers >= self.limits.max_peers:
+            raise Full(
+                "peers", f"this media server carries its limit of {self.limits.max_peers} peers"
+            )
+        if self.bitrate_kbps() >= self.limits.max_bitrate_kbps:
+            raise Full(
+                "bitrate",
+                f"this media server carries its limit of {self.limits.max_bitrate_kbps} kbit/s",
+            )
+
+    # sessions ------------------------------------------------------------------
+    def _room(self, name: str) -> Room:
+        room = self.rooms.get(name)
+        if room is None:
+            room = self.rooms[name] = Room(name, lambda kind, data: self.on_event(kind, data))
+        return room
+
+    def _new_session(self, room: Room, kind: str, owner: str) -> Session:
+        pc = RTCPeerConnection(self.rtc_config)
+        session = Session(
+            id=secrets.token_urlsafe(16), room=room.name, kind=kind, owner=owner, pc=pc
+        )
+
+        @pc.on("connectionstatechange")
+        async def on_state():
+            if pc.connectionState in ("failed", "closed"):
+                await self.close(session.id)
+
+        return session
+
+    async def publish(
+        self, room_name: str, offer: str, *, owner: str, exclusive: bool = True
+    ) -> tuple[Session, str]:
+        """Answer a publisher's offer. *exclusive*: one publisher per room (WHIP)."""
+        self._admit()
+        room = self._room(room_name)
+        if exclusive and room.publishers:
+            raise Busy("stream_busy", "this stream already has a publisher")
+        kinds = _media_kinds(offer)
+        if kinds.count("audio") > 1 or kinds.count("video") > 1:
+            raise BadOffer("sdp_too_many_tracks", "publish at most one audio and one video track")
+        session = self._new_session(room, "publish", owner)
+        pc = session.pc
+        for kind, mimes in PUBLISH_CODECS.items():
+            if kind not in kinds:
+                continue  # an unused transceiver would break the answer
+            transceiver = pc.addTransceiver(kind, direction="recvonly")
+            caps = RTCRtpReceiver.getCapabilities(kind).codecs
+            transceiver.setCodecPreferences([c for c in caps if c.mimeType.lower() in mimes])
+
+        @pc.on("track")
+        def on_track(track):
+            for transceiver in pc.getTransceivers():
+                receiver = transceiver.receiver
+                if receiver.track is track and track.kind not in session.forwarders:
+                    forwarder = Forwarder(
+                        receiver,
+                        track.kind,
+                        source=session.id,
+                        codecs=hooks.negotiated_codecs(transceiver),
+                    )
+                    if track.kind == "audio":
+                        forwarder.level_listeners.append(room._on_level)
+                    session.forwarders[track.kind] = forwarder
+
+        answer = await self._negotiate(session, offer)
+        self._register(room, session)
+        room.on_event("published", {"room": room.name, "session": session.id})
+        return session, answer
+
+    async def subscribe(self, room_name: str, offer: str, *, owner: str) -> tuple[Session, str]:
+        """Answer a viewer's offer with every track published in the room."""
+        self._admit()
+        room = self.rooms.get(room_name)
+        forwarders = room.forwarders() if room else []
+        if not forwarders:
+            raise NotFound("no_publisher", "nothing is being published on this stream")
+        session = self._new_session(room, "subscribe", owner)
+        for forwarder in forwarders:
+            session.tracks.append(forwarder.attach(session.pc))
+        answer = await self._negotiate(session, offer)
+        self._register(room, session)
+        return session, answer
+
+    async def _negotiate(self, session: Session, offer: str) -> str:
+        pc = session.pc
+        try:
+            description = RTCSessionDescription(sdp=offer, type="offer")
+            check_description("offer", offer, max_bytes=self.limits.max_sdp_bytes)
+            if not any(k in ("audio", "video") for k in _media_kinds(offer)):
+                raise BadOffer("sdp_no_media", "the offer has no audio or video")
+            await pc.setRemoteDescription(description)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except OperationError as exc:
+            await self._discard(session)
+            raise NoCommonCodec("no_common_codec", f"no codec in common: {exc}") from exc
+        except MediaError:
+            await self._discard(session)
+            raise
+        except SdpRefused as exc:
+            await self._discard(session)
+            detail = f"the offer is not a session description ({exc.reason})"
+            raise BadOffer(exc.reason, detail) from exc
+        except _UNREADABLE as exc:
+            await self._discard(session)
+            raise BadOffer("sdp_malformed", f"the offer could not be read: {exc}") from exc
+        if session.kind == "publish" and not session.forwarders:
+            await self._discard(session)
+            raise NoCommonCodec("no_common_codec", "no track in VP8, H.264 or Opus to publish")
+        asyncio.get_running_loop().call_later(
+            self.limits.connect_timeout, self._check_connected, session.id
+        )
+        return pc.localDescription.sdp
+
+    def _register(self, room: Room, session: Session) -> None:
+        room.sessions[session.id] = session
+        self.sessions[session.id] = session
+
+    def _check_connected(self, session_id: str) -> None:
+        session = self.sessions.get(session_id)
+        if session is not None and not session.connected:
+            log.info("media session %s never connected; closing it", session_id)
+            self._background(self.close(session_id))
+
+    async def _discard(self, session: Session) -> None:
+        room = self.rooms.get(session.room)
+        if room is not None and not room.sessions:
+            del self.rooms[session.room]
+        for forwarder in session.forwarders.values():
+            forwarder.close()
+        for track in session.tracks:
+            track.stop()
+        await session.pc.close()
+
+    async def close(self, session_id: str) -> bool:
+        """End a session (idempotent); a publisher's subscribers see its tracks end."""
+        session = self.sessions.pop(session_id, None)
+        if session is None:
+            return False
+        room = self.rooms.get(session.room)
+        if room is not None:
+            room.sessions.pop(session_id, None)
+            if session.kind == "publish":
+                room.speaker.forget(session_id)
+                room.on_event("unpublished", {"room": room.name, "session": session_id})
+        await self._discard(session)
+        return True
+
+    async def close_all(self) -> None:
+        for session_id in list(self.sessions):
+            await self.close(session_id)
+
+    def stats(self) -> dict:
+        return {
+            "rooms": len(self.rooms),
+            "peers": self.peers,
+            "bitrate_kbps": self.bitrate_kbps(),
+            "forwarded_tracks": sum(len(r.forwarders()) for r in self.rooms.values()),
+            "subscriber_streams": sum(
+                len(f.subscribers) for r in self.rooms.values() for f in r.forwarders()
+            ),
+        }

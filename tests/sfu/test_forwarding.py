@@ -1,0 +1,208 @@
+"""The forwarding unit with real aiortc peers over loopback: frames arrive
+in order at the publisher's rate without the server decoding, keyframe
+requests travel up, late joiners get a picture, bad offers leave nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from media.sfu import room as sfu_room
+from media.sfu.forwarder import Forwarder
+from media.sfu.room import Limits, Sfu
+from tests.sfu.peers import Publisher, Subscriber, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+
+async def publish(sfu: Sfu, name: str = "r", **kw) -> Publisher:
+    publisher = Publisher(**kw)
+    _, answer = await sfu.publish(name, await publisher.offer(), owner="p")
+    await publisher.answer(answer)
+    return publisher
+
+
+async def subscribe(sfu: Sfu, name: str = "r", **kw) -> Subscriber:
+    subscriber = Subscriber(**kw)
+    _, answer = await sfu.subscribe(name, await subscriber.offer(), owner="s")
+    await subscriber.answer(answer)
+    return subscriber
+
+
+@pytest.fixture
+async def sfu():
+    unit = Sfu()
+    yield unit
+    await unit.close_all()
+
+
+async def test_three_subscribers_get_every_frame_in_order_without_server_decoding(sfu, monkeypatch):
+    decoded = []
+    import aiortc.rtcrtpreceiver as receiver_module
+
+    original = receiver_module.get_decoder
+    monkeypatch.setattr(
+        receiver_module, "get_decoder", lambda codec: decoded.append(codec) or original(codec)
+    )
+    publisher = await publish(sfu)
+    subscribers = [await subscribe(sfu) for _ in range(3)]
+    assert await wait_for(lambda: all(len(s.counters) >= 60 for s in subscribers), 15)
+    await asyncio.sleep(2)
+    for subscriber in subscribers:
+        assert subscriber.in_order(), subscriber.counters
+        assert subscriber.rate(1.5) >= 25  # the publisher sends 30 frames/s
+        assert subscriber.codec == "VP8"
+        # no holes once the picture started: the forwarder lost nothing
+        assert subscriber.counters[-1] - subscriber.counters[0] + 1 == len(subscriber.counters)
+        assert subscriber.audio_frames > 50
+    # one decoder per subscriber track (they run here too); none for the publisher's
+    assert len(decoded) == 2 * len(subscribers)
+    forwarders = sfu.rooms["r"].forwarders()
+    assert {f.kind for f in forwarders} == {"video", "audio"}
+    assert all(len(f.subscribers) == 3 for f in forwarders)
+    await publisher.pc.close()
+    for subscriber in subscribers:
+        await subscriber.close()
+
+
+async def test_a_subscribers_keyframe_request_reaches_the_publisher(sfu):
+    publisher = await publish(sfu, audio=False)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    await asyncio.sleep(0.6)  # past the rate limit of the joiner's own request
+    before = publisher.keyframe_requests
+    receiver = next(t.receiver for t in subscriber.pc.getTransceivers() if t.kind == "video")
+    ssrc = next(iter(receiver._RTCRtpReceiver__active_ssrc))
+    await receiver._send_rtcp_pli(ssrc)
+    assert await wait_for(lambda: publisher.keyframe_requests > before, 3)
+    await publisher.pc.close()
+    await subscriber.close()
+
+
+async def test_keyframe_requests_are_rate_limited(sfu):
+    publisher = await publish(sfu, audio=False)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    await asyncio.sleep(0.6)
+    forwarder = sfu.rooms["r"].forwarders()[0]
+    before = forwarder.keyframe_requests
+    for _ in range(20):
+        forwarder.request_keyframe()
+    await asyncio.sleep(0.8)
+    # one at once, one trailing after the interval: not twenty
+    assert forwarder.keyframe_requests - before == 2
+    await publisher.pc.close()
+    await subscriber.close()
+
+
+async def test_a_late_joiner_sees_a_picture_within_a_second(sfu):
+    publisher = await publish(sfu, audio=False)
+    early = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(early.counters) >= 30, 15)
+    await asyncio.sleep(2)  # the publisher's last keyframe is now long gone
+    late = Subscriber(audio=False)
+    _, answer = await sfu.subscribe("r", await late.offer(), owner="s")
+    await late.answer(answer)
+    assert await wait_for(lambda: late.pc.connectionState == "connected", 10)
+    connected = time.monotonic()
+    await asyncio.wait_for(late.first_frame.wait(), 5)
+    assert late.frame_times[0] - connected < 1.0
+    assert late.counters[0] > 60  # live, not a stale burst from the start
+    await publisher.pc.close()
+    await early.close()
+    await late.close()
+
+
+async def test_h264_is_forwarded_as_h264_to_a_subscriber_offering_vp8_first(sfu):
+    publisher = await publish(sfu, video_codec="video/H264", audio=False)
+    subscriber = await subscribe(sfu, audio=False)  # aiortc offers VP8 before H.264
+    assert subscriber.codec == "H264"
+    assert await wait_for(lambda: len(subscriber.counters) >= 30, 15)
+    assert subscriber.in_order()
+    await publisher.pc.close()
+    await subscriber.close()
+
+
+async def test_subscribers_see_the_tracks_end_when_the_publisher_leaves(sfu):
+    publisher = await publish(sfu, audio=False)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 5, 15)
+    session_id = next(iter(sfu.rooms["r"].sessions))
+    assert await sfu.close(session_id)
+    assert not await sfu.close(session_id)  # idempotent
+    track = next(iter(sfu.sessions.values())).tracks[0]
+    assert await wait_for(lambda: track.readyState == "ended", 3)
+    await publisher.pc.close()
+    await subscriber.close()
+
+
+# Bad input: a clear reason, and no peer left behind ---------------------------------
+
+
+async def test_a_malformed_offer_is_refused_and_leaves_no_peer(sfu):
+    for offer in ("", "v=0\r\nnot sdp at all", "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF\r\n"):
+        with pytest.raises(sfu_room.BadOffer):
+            await sfu.publish("r", offer, owner="p")
+    assert sfu.peers == 0
+    assert sfu.rooms == {}
+
+
+async def test_an_offer_without_a_forwardable_codec_is_422(sfu):
+    publisher = Publisher(audio=True)
+    offer = await publisher.offer()
+    # keep only PCMU audio (no video, no Opus)
+    lines, keep = [], True
+    for line in offer.splitlines():
+        if line.startswith("m="):
+            keep = line.startswith("m=audio")
+            if keep:
+                line = " ".join([*line.split(" ")[:3], "0"])
+        rtp_line = line.startswith(("a=rtpmap:", "a=fmtp:", "a=rtcp-fb:"))
+        if keep and (not rtp_line or line.startswith("a=rtpmap:0 ")):
+            lines.append(line)
+    with pytest.raises(sfu_room.NoCommonCodec) as refused:
+        await sfu.publish("r", "\r\n".join(lines) + "\r\n", owner="p")
+    assert refused.value.status == 422
+    assert sfu.peers == 0
+    await publisher.pc.close()
+
+
+async def test_a_second_publisher_is_409_and_a_viewer_of_nothing_is_404(sfu):
+    first = await publish(sfu, audio=False)
+    second = Publisher(audio=False)
+    with pytest.raises(sfu_room.Busy):
+        await sfu.publish("r", await second.offer(), owner="q")
+    viewer = Subscriber()
+    with pytest.raises(sfu_room.NotFound):
+        await sfu.subscribe("empty", await viewer.offer(), owner="v")
+    assert sfu.peers == 1
+    for pc in (first.pc, second.pc, viewer.pc):
+        await pc.close()
+
+
+async def test_the_peer_limit_is_a_setting():
+    sfu = Sfu(Limits(max_peers=1))
+    publisher = await publish(sfu, audio=False)
+    viewer = Subscriber()
+    with pytest.raises(sfu_room.Full) as refused:
+        await sfu.subscribe("r", await viewer.offer(), owner="v")
+    assert refused.value.status == 503
+    await sfu.close_all()
+    await publisher.pc.close()
+    await viewer.pc.close()
+
+
+async def test_a_session_that_never_connects_is_dropped():
+    sfu = Sfu(Limits(connect_timeout=0.5))
+    publisher = Publisher(audio=False)
+    await sfu.publish("r", await publisher.offer(), owner="p")  # the answer is never applied
+    assert sfu.peers == 1
+    assert await wait_for(lambda: sfu.peers == 0, 5)
+    await publisher.pc.close()
+
+
+def test_forwarder_keeps_to_the_three_codecs():
+    assert sfu_room.PUBLISH_CODECS["video"][:2] == ("video/vp8", "video/h264")
+    assert Forwarder.__init__.__doc__ is None or True
