@@ -99,6 +99,7 @@ from alerts.outbox import ADDRESS_FIELDS
 from alerts.phone_codes import Outcome
 from alerts.sms_providers import configured_channel, sms_available
 from hub.auth import address_limit_key
+from hub.ratelimit import window_count
 
 log = logging.getLogger(__name__)
 
@@ -194,23 +195,11 @@ def _wait_left(key: str) -> int:
     return max(0, math.ceil(ends - time.time())) if isinstance(ends, int | float) else 0
 
 
-def _count(key: str, window: int) -> int:
-    """Add one to a counter that starts at the first count and lives
-    ``window`` seconds; the new count. ``incr`` is atomic (Redis INCRBY, which
-    keeps the key's expiry)."""
-    cache.add(key, 0, window)
-    try:
-        return cache.incr(key)
-    except ValueError:  # it expired between the two calls: a new window
-        cache.add(key, 1, window)
-        return 1
-
-
 def _over_address_limit(request) -> bool:
     """Count this request for its client address; True when the address has
     sent more than SUBSCRIBE_PER_IP_PER_HOUR within the hour."""
     address = address_limit_key(request.META.get("REMOTE_ADDR") or "unknown")
-    count = _count(f"alerts:per-address:{address}", HOUR)
+    count = window_count(f"alerts:per-address:{address}", HOUR)
     return count > settings.ALERTS["SUBSCRIBE_PER_IP_PER_HOUR"]
 
 
@@ -275,8 +264,8 @@ def send_code(subscriber: Subscriber) -> str:
     if not _cooldown(cooldown, CODE_COOLDOWN_SECONDS):
         return "wait"
     if (
-        _count(f"alerts:codes:{subscriber.pk}", HOUR) > CODES_PER_HOUR
-        or _count(f"alerts:codes-day:{subscriber.pk}", DAY) > CODES_PER_DAY
+        window_count(f"alerts:codes:{subscriber.pk}", HOUR) > CODES_PER_HOUR
+        or window_count(f"alerts:codes-day:{subscriber.pk}", DAY) > CODES_PER_DAY
     ):
         return "wait"
     channel = configured_channel()

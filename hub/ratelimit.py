@@ -1,4 +1,5 @@
-"""Token bucket for messages per connection (no I/O, time injected)."""
+"""Token bucket for messages per connection (no I/O, time injected), and a
+counter per time window in the shared cache (per client address, per phone)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,17 @@ class TokenBucket:
     @property
     def tokens(self) -> float:
         return self._tokens
+
+
+def window_count(key: str, window: int) -> int:
+    """Add one to a cache counter that starts at the first count and lives
+    ``window`` seconds; the new count. ``incr`` is atomic (Redis INCRBY, which
+    keeps the key's expiry), so two processes counting at once both count."""
+    from django.core.cache import cache
+
+    cache.add(key, 0, window)
+    try:
+        return cache.incr(key)
+    except ValueError:  # it expired between the two calls: a new window
+        cache.add(key, 1, window)
+        return 1

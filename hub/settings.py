@@ -339,6 +339,26 @@ def _default_ffmpeg() -> str:
 FFMPEG_BINARY = env_str("FFMPEG_BINARY") or _default_ffmpeg()
 # "embedded": aiortc peers run inside the web process; "worker": separate media workers.
 MEDIA_MODE = env_str("MEDIA_MODE", "worker" if REDIS_URL else "embedded")
+# Limits of the forwarding unit (media.sfu), per process: web process in the
+# embedded mode, each `python -m media.worker` in the worker mode.
+MEDIA = {
+    "MAX_PEERS": env_int("MEDIA_MAX_PEERS", 300, minimum=1),
+    "MAX_BITRATE_KBPS": env_int("MEDIA_MAX_BITRATE_KBPS", 400_000, minimum=100),
+    # A peer whose ICE/DTLS has not completed after this many seconds is dropped.
+    "CONNECT_TIMEOUT": env_float("MEDIA_CONNECT_TIMEOUT", 30.0, minimum=1.0),
+    "MAX_SDP_BYTES": env_int("MEDIA_MAX_SDP_BYTES", 32 * 1024, minimum=1024),
+    # Worker mode: each media worker announces itself and its load this often
+    # (seconds); one silent for WORKER_TTL seconds is taken for dead and its
+    # rooms are placed again (keep WORKER_TTL at least twice HEARTBEAT_SECONDS).
+    "HEARTBEAT_SECONDS": env_float("MEDIA_HEARTBEAT_SECONDS", 1.0, minimum=0.05),
+    "WORKER_TTL": env_float("MEDIA_WORKER_TTL", 4.0, minimum=0.2),
+    # How long the web side waits for a media worker's answer (then 503).
+    "RPC_TIMEOUT": env_float("MEDIA_RPC_TIMEOUT", 10.0, minimum=0.1),
+    # WHIP/WHEP offers one client address may post per minute.
+    "OFFERS_PER_IP_PER_MINUTE": env_int("MEDIA_OFFERS_PER_IP_PER_MINUTE", 30, minimum=1),
+    # Origins whose browser players may call /whip and /whep ("*": any).
+    "CORS_ORIGINS": env_list("MEDIA_CORS_ORIGINS", ["*"]),
+}
 
 # --- STUN/TURN for the browsers of meetings (signaling.turn) ------------------
 

@@ -20,5 +20,6 @@ urlpatterns = [
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", include("signaling.urls")),
     path("", include("alerts.urls")),
+    path("", include("media.urls")),
     path("", views.landing, name="landing"),
 ]

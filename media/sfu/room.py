@@ -233,13 +233,18 @@ class Sfu:
         room.on_event("published", {"room": room.name, "session": session.id})
         return session, answer
 
-    async def subscribe(self, room_name: str, offer: str, *, owner: str) -> tuple[Session, str]:
+    async def subscribe(
+        self, room_name: str, offer: str, *, owner: str, max_viewers: int | None = None
+    ) -> tuple[Session, str]:
         """Answer a viewer's offer with every track published in the room."""
         self._admit()
         room = self.rooms.get(room_name)
         forwarders = room.forwarders() if room else []
         if not forwarders:
             raise NotFound("no_publisher", "nothing is being published on this stream")
+        viewers = len(room.sessions) - len(room.publishers)
+        if max_viewers is not None and viewers >= max_viewers:
+            raise Full("viewers", f"this stream has its limit of {max_viewers} viewers")
         session = self._new_session(room, "subscribe", owner)
         for forwarder in forwarders:
             session.tracks.append(forwarder.attach(session.pc))
