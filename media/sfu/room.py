@@ -121,8 +121,13 @@ class Room:
     def publishers(self) -> list[Session]:
         return [s for s in self.sessions.values() if s.kind == "publish"]
 
-    def forwarders(self) -> list[Forwarder]:
-        return [f for s in self.publishers for f in s.forwarders.values()]
+    def forwarders(self, owner: str | None = None) -> list[Forwarder]:
+        return [
+            f
+            for s in self.publishers
+            if owner is None or s.owner == owner
+            for f in s.forwarders.values()
+        ]
 
     def _on_level(self, source: str, level: int) -> None:
         changed = self.speaker.add(source, level, time.monotonic())
@@ -234,12 +239,20 @@ class Sfu:
         return session, answer
 
     async def subscribe(
-        self, room_name: str, offer: str, *, owner: str, max_viewers: int | None = None
+        self,
+        room_name: str,
+        offer: str,
+        *,
+        owner: str,
+        max_viewers: int | None = None,
+        source_owner: str | None = None,
     ) -> tuple[Session, str]:
-        """Answer a viewer's offer with every track published in the room."""
+        """Answer a viewer's offer with every track published in the room, or
+        only those of the publisher whose session *source_owner* owns (a meeting
+        subscribes to each participant separately)."""
         self._admit()
         room = self.rooms.get(room_name)
-        forwarders = room.forwarders() if room else []
+        forwarders = room.forwarders(source_owner) if room else []
         if not forwarders:
             raise NotFound("no_publisher", "nothing is being published on this stream")
         viewers = len(room.sessions) - len(room.publishers)
