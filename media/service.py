@@ -41,16 +41,25 @@ class Answer:
     sdp: str
 
 
-async def publish(stream: str, offer: str, *, owner: str) -> Answer:
-    """One publisher per stream; raises :class:`~media.sfu.room.MediaError`."""
-    session, sdp = await local_sfu().publish(stream, offer, owner=owner)
+async def publish(stream: str, offer: str, *, owner: str, exclusive: bool = True) -> Answer:
+    """*exclusive*: one publisher per stream (WHIP), else many (a meeting);
+    raises :class:`~media.sfu.room.MediaError`."""
+    session, sdp = await local_sfu().publish(stream, offer, owner=owner, exclusive=exclusive)
     return Answer(session.id, sdp)
 
 
 async def subscribe(
-    stream: str, offer: str, *, owner: str, max_viewers: int | None = None
+    stream: str,
+    offer: str,
+    *,
+    owner: str,
+    max_viewers: int | None = None,
+    source_owner: str | None = None,
 ) -> Answer:
-    session, sdp = await local_sfu().subscribe(stream, offer, owner=owner, max_viewers=max_viewers)
+    """Every track on *stream*, or only the publisher owned by *source_owner*."""
+    session, sdp = await local_sfu().subscribe(
+        stream, offer, owner=owner, max_viewers=max_viewers, source_owner=source_owner
+    )
     return Answer(session.id, sdp)
 
 
