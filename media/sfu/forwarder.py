@@ -28,6 +28,7 @@ import av
 from aiortc import MediaStreamTrack, RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.mediastreams import MediaStreamError
+from aiortc.sdp import parse_h264_profile_level_id
 
 from media.sfu import hooks
 
@@ -55,6 +56,29 @@ def is_keyframe(codec_name: str, data: bytes) -> bool:
             start = data.find(b"\x00\x00\x01", start + 3)
         return False
     return True
+
+
+def same_format(a, b) -> bool:
+    """Whether codec *a* describes the bytes *b* produces: same codec and, for
+    H.264, the same profile and packetization mode (a decoder negotiated for
+    baseline may refuse High)."""
+    if a.mimeType.lower() != b.mimeType.lower():
+        return False
+    if a.mimeType.lower() != "video/h264":
+        return True
+
+    def profile(codec):
+        return parse_h264_profile_level_id(str(codec.parameters.get("profile-level-id", "42e01f")))[
+            0
+        ]
+
+    def mode(codec):
+        return str(codec.parameters.get("packetization-mode", "0"))
+
+    try:
+        return profile(a) == profile(b) and mode(a) == mode(b)
+    except ValueError:
+        return False
 
 
 class KeyframeLimiter:
@@ -261,14 +285,9 @@ class Forwarder:
         transceiver = pc.addTransceiver(track, direction="sendonly")
         codec = self.codec
         if codec is not None:
-            mime = codec.mimeType.lower()
-            keep = (mime, f"{self.kind}/rtx")
+            caps = RTCRtpSender.getCapabilities(self.kind).codecs
             transceiver.setCodecPreferences(
-                [
-                    c
-                    for c in RTCRtpSender.getCapabilities(self.kind).codecs
-                    if c.mimeType.lower() in keep
-                ]
+                [c for c in caps if same_format(c, codec) or c.mimeType.lower().endswith("/rtx")]
             )
         sender = transceiver.sender
         hooks.on_keyframe_request(sender, self.request_keyframe)

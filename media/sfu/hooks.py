@@ -47,6 +47,55 @@ def check() -> None:
         raise HookMissing("the forwarder's aiortc hooks changed: " + ", ".join(problems))
 
 
+# H.264 profiles a forwarding unit accepts besides aiortc's constrained
+# baseline (42e01f) and baseline (42001f): it never decodes them, and
+# encoders (FFmpeg's libx264, OBS) send High by default.
+FORWARDED_H264_PROFILES = ("4d001f", "64001f", "640c1f")
+
+
+def accept_h264_profiles() -> None:
+    """Let this process negotiate H.264 Main and High as well (idempotent).
+
+    aiortc matches H.264 by profile and offers only the baseline profiles its
+    own encoder produces; these entries go into its codec table, so they are
+    for processes that forward H.264, never for ones that encode it."""
+    from aiortc.codecs import CODECS
+    from aiortc.rtcrtpparameters import RTCRtcpFeedback, RTCRtpCodecParameters
+
+    video = CODECS["video"]
+    have = {c.parameters.get("profile-level-id") for c in video if c.mimeType == "video/H264"}
+    payload_type = max(c.payloadType for c in video) + 1
+    for profile in FORWARDED_H264_PROFILES:
+        if profile in have:
+            continue
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=payload_type,
+                rtcpFeedback=[
+                    RTCRtcpFeedback(type="nack"),
+                    RTCRtcpFeedback(type="nack", parameter="pli"),
+                    RTCRtcpFeedback(type="goog-remb"),
+                ],
+                parameters={
+                    "level-asymmetry-allowed": "1",
+                    "packetization-mode": "1",
+                    "profile-level-id": profile,
+                },
+            )
+        )
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/rtx",
+                clockRate=90000,
+                payloadType=payload_type + 1,
+                parameters={"apt": payload_type},
+            )
+        )
+        payload_type += 2
+
+
 def set_jitter_buffer(receiver: RTCRtpReceiver, buffer: Any) -> None:
     """Replace the receiver's jitter buffer; must happen before RTP arrives
     (the peer connection emits "track" before it starts the receiver)."""

@@ -139,6 +139,8 @@ class Sfu:
     """All rooms of one process, with its limits."""
 
     def __init__(self, limits: Limits | None = None, rtc_config: RTCConfiguration | None = None):
+        hooks.check()  # an aiortc that moved a hook fails here, not silently mid-call
+        hooks.accept_h264_profiles()
         self.limits = limits or Limits()
         self.rtc_config = rtc_config
         self.rooms: dict[str, Room] = {}

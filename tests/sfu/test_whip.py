@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 from asgiref.sync import sync_to_async
 from django.core.cache import cache
-from django.db import connections
 from django.test import AsyncClient
 
 from hub.auth import address_limit_key
@@ -20,18 +19,16 @@ SDP = "application/sdp"
 
 
 @pytest.fixture(autouse=True)
-async def fresh_sfu():
+async def fresh_sfu(async_db_closed, settings):
     """This process's forwarding unit, new for each test; the offer counter of
     the test client's address starts at zero (the cache is the shared Redis)."""
     await sync_to_async(cache.delete)(f"media:offers:{address_limit_key('127.0.0.1')}")
+    settings.MEDIA_MODE = "embedded"  # the forwarding unit in this process
     service._local = None
     yield
     if service._local is not None:
         await service._local.close_all()
     service._local = None
-    # the async ORM's thread holds its own connection: close it, or the test
-    # database cannot be dropped at the end
-    await sync_to_async(connections.close_all)()
 
 
 @pytest.fixture
@@ -221,7 +218,7 @@ def test_the_stream_command_prints_keys_once_and_rotates_them(capsys):
     stream = Stream.objects.get(slug="rada")
     assert stream.may_publish(made["publish_key"]) and stream.public
     assert made["publish_key"] not in stream.publish_key_digest
-    with pytest.raises(CommandError, match="^slug: "):
+    with pytest.raises(CommandError, match=r"^slug: "):
         call_command("media_stream", "create", "rada", "--title", "Znowu")
     with pytest.raises(CommandError, match="slug"):
         call_command("media_stream", "create", "Zła Nazwa", "--title", "x")
