@@ -206,3 +206,37 @@ async def test_a_session_that_never_connects_is_dropped():
 def test_forwarder_keeps_to_the_three_codecs():
     assert sfu_room.PUBLISH_CODECS["video"][:2] == ("video/vp8", "video/h264")
     assert Forwarder.__init__.__doc__ is None or True
+
+
+async def test_garbage_datagrams_at_the_servers_ports_do_not_stop_the_media(sfu):
+    """Random UDP at the server's ICE ports: STUN-, DTLS-, RTP- and RTCP-looking
+    junk (SRTP authentication must drop it) while real media flows."""
+    import random
+    import socket
+
+    publisher = await publish(sfu, audio=False)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    ports = set()
+    for peer in (publisher, subscriber):
+        for line in peer.pc.remoteDescription.sdp.splitlines():
+            fields = line.split()
+            if line.startswith("a=candidate:") and "." in fields[4]:  # IPv4 host candidates
+                ports.add((fields[4], int(fields[5])))
+    assert ports
+    rng = random.Random(11)
+    junk = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for i in range(3000):
+        first = rng.choice([0x00, 0x01, 0x16, 0x80, 0x90, rng.randrange(256)])
+        second = rng.choice([200, 201, 202, 203, 205, 206, 96, rng.randrange(256)])
+        payload = bytes([first, second]) + rng.randbytes(rng.randint(0, 1400))
+        junk.sendto(payload, sorted(ports)[i % len(ports)])
+        if i % 100 == 0:
+            await asyncio.sleep(0)
+    junk.close()
+    before = len(subscriber.counters)
+    assert await wait_for(lambda: len(subscriber.counters) >= before + 30, 5)
+    assert subscriber.in_order()
+    assert sfu.peers == 2
+    await publisher.pc.close()
+    await subscriber.close()
