@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import aioice.ice
 import aiortc
 from aiortc import RTCRtpReceiver, RTCRtpSender, RTCRtpTransceiver
 
@@ -43,6 +44,10 @@ def check() -> None:
             problems.append(f"RTCRtpSender.{name}")
     if "_send_keyframe" not in RTCRtpSender._handle_rtcp_packet.__code__.co_names:
         problems.append("RTCRtpSender._handle_rtcp_packet no longer calls _send_keyframe")
+    if "_query_consent_task" not in aioice.ice.Connection.__init__.__code__.co_names:
+        problems.append("aioice Connection._query_consent_task")
+    if not callable(getattr(aioice.ice, "get_host_addresses", None)):
+        problems.append("aioice.ice.get_host_addresses")
     if problems:
         raise HookMissing("the forwarder's aiortc hooks changed: " + ", ".join(problems))
 
@@ -136,3 +141,29 @@ def wrap_next_encoded_frame(
         return await wrapper(original, codec)
 
     sender._next_encoded_frame = next_encoded_frame
+
+
+def stop_consent_checks(pc) -> None:
+    """Stop RFC 7675 consent checks on *pc*'s ICE connections.
+
+    FFmpeg's WHIP muxer answers ICE checks only until it is connected, so
+    aioice would close the session after ~30 s. A publisher's liveness is
+    judged by its media instead (the room's idle watchdog)."""
+    for transceiver in pc.getTransceivers():
+        connection = transceiver.receiver.transport.transport._connection
+        task = connection._query_consent_task
+        if task is not None and not task.done():
+            task.cancel()
+        connection._query_consent_task = None
+
+
+def use_host_addresses(addresses: list[str]) -> None:
+    """Gather ICE host candidates on these addresses only (this process).
+
+    aioice otherwise binds every address of every interface except loopback;
+    a media server announces the addresses clients can reach, and tests keep
+    to 127.0.0.1."""
+    chosen = list(addresses)
+    aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: [
+        a for a in chosen if (":" in a and use_ipv6) or (":" not in a and use_ipv4)
+    ]

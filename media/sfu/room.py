@@ -25,6 +25,7 @@ from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateErr
 
 from media.sfu import hooks
 from media.sfu.forwarder import Forwarder
+from media.sfu.sdp import complete_rtx_ssrc
 from media.sfu.speaker import ActiveSpeaker
 from signaling.sdp import BadInput as SdpRefused
 from signaling.sdp import check_description
@@ -89,6 +90,8 @@ class Limits:
     max_peers: int = 300
     max_bitrate_kbps: int = 400_000
     connect_timeout: float = 30.0  # a session whose ICE/DTLS never completes is dropped
+    publisher_idle: float = 20.0  # a publisher that sent no media this long is gone
+    ice_addresses: tuple[str, ...] = ()  # host candidates only on these (empty: all)
     max_sdp_bytes: int = 32 * 1024
 
 
@@ -141,6 +144,8 @@ class Sfu:
     def __init__(self, limits: Limits | None = None, rtc_config: RTCConfiguration | None = None):
         hooks.check()  # an aiortc that moved a hook fails here, not silently mid-call
         hooks.accept_h264_profiles()
+        if limits is not None and limits.ice_addresses:
+            hooks.use_host_addresses(list(limits.ice_addresses))
         self.limits = limits or Limits()
         self.rtc_config = rtc_config
         self.rooms: dict[str, Room] = {}
@@ -195,6 +200,9 @@ class Sfu:
 
         @pc.on("connectionstatechange")
         async def on_state():
+            if pc.connectionState == "connected" and kind == "publish":
+                hooks.stop_consent_checks(pc)
+                self._background(self._watch_media(session))
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
@@ -270,8 +278,10 @@ class Sfu:
     async def _negotiate(self, session: Session, offer: str) -> str:
         pc = session.pc
         try:
-            description = RTCSessionDescription(sdp=offer, type="offer")
             check_description("offer", offer, max_bytes=self.limits.max_sdp_bytes)
+            if session.kind == "publish":
+                offer = complete_rtx_ssrc(offer)
+            description = RTCSessionDescription(sdp=offer, type="offer")
             if not any(k in ("audio", "video") for k in _media_kinds(offer)):
                 raise BadOffer("sdp_no_media", "the offer has no audio or video")
             await pc.setRemoteDescription(description)
@@ -296,6 +306,22 @@ class Sfu:
             self.limits.connect_timeout, self._check_connected, session.id
         )
         return pc.localDescription.sdp
+
+    async def _watch_media(self, session: Session) -> None:
+        """End a publisher whose media stopped: the encoder went away without
+        a DELETE (consent checks are off for publishers, see hooks)."""
+        idle = self.limits.publisher_idle
+        connected = time.monotonic()
+        while session.id in self.sessions:
+            await asyncio.sleep(min(idle / 4, 5.0))
+            last = max(
+                [f.last_frame_at or connected for f in session.forwarders.values()],
+                default=connected,
+            )
+            if time.monotonic() - last > idle:
+                log.info("publisher %s sent no media for %.0f s; closing", session.id, idle)
+                await self.close(session.id)
+                return
 
     def _register(self, room: Room, session: Session) -> None:
         room.sessions[session.id] = session

@@ -105,6 +105,7 @@ async def test_ffmpeg_publishes_over_whip_and_a_whep_player_decodes_it(
         {
             "DATABASE_URL": url_of_test_database(),
             "MEDIA_MODE": "embedded",
+            "MEDIA_ICE_ADDRESSES": "127.0.0.1",
             "MEDIA_OFFERS_PER_IP_PER_MINUTE": "1000",  # the test polls until the stream is up
         }
     )

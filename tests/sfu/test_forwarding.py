@@ -221,7 +221,7 @@ async def test_garbage_datagrams_at_the_servers_ports_do_not_stop_the_media(sfu)
     for peer in (publisher, subscriber):
         for line in peer.pc.remoteDescription.sdp.splitlines():
             fields = line.split()
-            if line.startswith("a=candidate:") and "." in fields[4]:  # IPv4 host candidates
+            if line.startswith("a=candidate:"):
                 ports.add((fields[4], int(fields[5])))
     assert ports
     rng = random.Random(11)
@@ -238,5 +238,25 @@ async def test_garbage_datagrams_at_the_servers_ports_do_not_stop_the_media(sfu)
     assert await wait_for(lambda: len(subscriber.counters) >= before + 30, 5)
     assert subscriber.in_order()
     assert sfu.peers == 2
+    await publisher.pc.close()
+    await subscriber.close()
+
+
+async def test_a_publisher_is_judged_by_its_media_not_by_consent_checks():
+    """FFmpeg answers no ICE consent checks after connecting: publishers get
+    none, and one whose media stops is closed after PUBLISHER_IDLE instead."""
+    sfu = Sfu(Limits(publisher_idle=1.0))
+    publisher = await publish(sfu, audio=False)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    session = next(s for s in sfu.sessions.values() if s.kind == "publish")
+    for transceiver in session.pc.getTransceivers():
+        assert transceiver.receiver.transport.transport._connection._query_consent_task is None
+    viewer = next(s for s in sfu.sessions.values() if s.kind == "subscribe")
+    viewer_ice = viewer.pc.getTransceivers()[0].sender.transport.transport._connection
+    assert viewer_ice._query_consent_task is not None  # players keep theirs
+    publisher.pc.getSenders()[0].replaceTrack(None)  # the encoder stops
+    assert await wait_for(lambda: session.id not in sfu.sessions, 5)
+    await sfu.close_all()
     await publisher.pc.close()
     await subscriber.close()

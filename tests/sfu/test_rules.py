@@ -148,3 +148,23 @@ async def test_garbage_rtp_never_raises_from_the_receive_path():
         assert forwarder.frames > 0, mime  # the garbage did reach the forwarding path
         forwarder.close()
         await asyncio.sleep(0)
+
+
+FFMPEG_VIDEO = (
+    "v=0\r\no=FFmpeg 1 2 IN IP4 127.0.0.1\r\ns=FFmpegPublishSession\r\nt=0 0\r\n"
+    "m=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=ssrc:11 cname:FFmpeg\r\n"
+    "m=video 9 UDP/TLS/RTP/SAVPF 106 107\r\n"
+    "a=ssrc-group:FID 22 33\r\na=ssrc:22 cname:FFmpeg\r\na=ssrc:22 msid:FFmpeg video\r\n"
+)
+
+
+def test_ffmpegs_rtx_stream_gets_its_ssrc_line():
+    from media.sfu.sdp import complete_rtx_ssrc
+
+    mended = complete_rtx_ssrc(FFMPEG_VIDEO)
+    video = mended.split("m=video", 1)[1]
+    assert "a=ssrc:33 cname:FFmpeg\r\n" in video
+    assert mended.endswith("\r\n")
+    assert complete_rtx_ssrc(mended) == mended  # already declared: unchanged
+    browser = FFMPEG_VIDEO.replace("a=ssrc:22 msid", "a=ssrc:33 cname:FFmpeg\r\na=ssrc:22 msid")
+    assert complete_rtx_ssrc(browser) == browser
