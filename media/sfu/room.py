@@ -19,10 +19,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
 
+from media.recording import Recorder
 from media.sfu import hooks
 from media.sfu.forwarder import Forwarder
 from media.sfu.sdp import complete_rtx_ssrc
@@ -104,6 +106,8 @@ class Session:
     pc: RTCPeerConnection
     created: float = field(default_factory=time.monotonic)
     forwarders: dict[str, Forwarder] = field(default_factory=dict)  # publish: kind → forwarder
+    recorder: Recorder | None = None  # publish, when asked to record
+    record_to: Path | None = None  # the recording's path without its extension
     tracks: list = field(default_factory=list)  # subscribe: ForwardedTrack copies
 
     @property
@@ -203,15 +207,25 @@ class Sfu:
             if pc.connectionState == "connected" and kind == "publish":
                 hooks.stop_consent_checks(pc)
                 self._background(self._watch_media(session))
+                if session.record_to is not None and session.recorder is None:
+                    await self._record(session)
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
         return session
 
     async def publish(
-        self, room_name: str, offer: str, *, owner: str, exclusive: bool = True
+        self,
+        room_name: str,
+        offer: str,
+        *,
+        owner: str,
+        exclusive: bool = True,
+        record_to: Path | str | None = None,
     ) -> tuple[Session, str]:
-        """Answer a publisher's offer. *exclusive*: one publisher per room (WHIP)."""
+        """Answer a publisher's offer. *exclusive*: one publisher per room (WHIP).
+        *record_to*: record what it sends, from when it connects, into that
+        path (+ ``.webm`` or ``.mkv``); the file is finished when it leaves."""
         self._admit()
         room = self._room(room_name)
         if exclusive and room.publishers:
@@ -220,6 +234,7 @@ class Sfu:
         if kinds.count("audio") > 1 or kinds.count("video") > 1:
             raise BadOffer("sdp_too_many_tracks", "publish at most one audio and one video track")
         session = self._new_session(room, "publish", owner)
+        session.record_to = Path(record_to) if record_to else None
         pc = session.pc
         for kind, mimes in PUBLISH_CODECS.items():
             if kind not in kinds:
@@ -307,6 +322,16 @@ class Sfu:
         )
         return pc.localDescription.sdp
 
+    async def _record(self, session: Session) -> None:
+        try:
+            session.recorder = Recorder(session.forwarders, session.record_to)
+            await session.recorder.start()
+        except (OSError, ValueError) as exc:  # a full disk must not end the broadcast
+            log.error("recording %s could not start: %s", session.record_to, exc)
+            session.recorder = None
+        else:
+            self.on_event("recording", {"room": session.room, "session": session.id})
+
     async def _watch_media(self, session: Session) -> None:
         """End a publisher whose media stopped: the encoder went away without
         a DELETE (consent checks are off for publishers, see hooks)."""
@@ -334,6 +359,9 @@ class Sfu:
             self._background(self.close(session_id))
 
     async def _discard(self, session: Session) -> None:
+        if session.recorder is not None:
+            path = await session.recorder.stop()
+            self.on_event("recorded", {"room": session.room, "path": str(path) if path else None})
         room = self.rooms.get(session.room)
         if room is not None and not room.sessions:
             del self.rooms[session.room]

@@ -17,7 +17,7 @@ from aiortc.mediastreams import MediaStreamError
 
 from media.recording import Recorder, Timeline, h264_size, nal_units, vp8_size
 from media.sfu.room import Sfu
-from tests.sfu.peers import read_counter, wait_for
+from tests.sfu.peers import Publisher, read_counter, wait_for
 from tests.sfu.test_forwarding import publish
 
 pytestmark = pytest.mark.timeout(90)
@@ -238,3 +238,26 @@ def test_frame_sizes_are_read_from_keyframe_headers(width, height, profile):
             assert h264_size(sps) == (width, height)
         else:
             assert vp8_size(keyframe) == (width, height)
+
+
+async def test_a_publication_asked_to_record_is_recorded_until_it_ends(tmp_path):
+    events = []
+    unit = Sfu()
+    unit.on_event = lambda kind, data: events.append((kind, data))
+    publisher = Publisher()
+    session, answer = await unit.publish(
+        "rada", await publisher.offer(), owner="p", record_to=tmp_path / "sesja"
+    )
+    await publisher.answer(answer)
+    assert await wait_for(lambda: session.recorder is not None, 10)
+    assert await wait_for(lambda: session.recorder.video_frames >= 45, 10)
+    await unit.close(session.id)
+    path = tmp_path / "sesja.webm"
+    assert [kind for kind, _ in events if kind.startswith("record")] == ["recording", "recorded"]
+    assert events[-1][1]["path"] == str(path)
+    with av.open(str(path)) as container:
+        counters = [read_counter(frame) for frame in container.decode(video=0)]
+    assert len(counters) >= 45
+    assert counters == sorted(counters)
+    await publisher.pc.close()
+    await unit.close_all()
