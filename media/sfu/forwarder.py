@@ -221,6 +221,7 @@ class Forwarder:
             # decoder; forwarding passes frames on as they complete.
             buffer = ForwardingJitterBuffer(self, capacity=16, prefetch=0)
         hooks.set_jitter_buffer(receiver, buffer)
+        hooks.without_decoder(receiver)
 
     @property
     def codec(self):

@@ -37,6 +37,8 @@ def check() -> None:
             problems.append(f"RTCRtpReceiver.{name}")
     if "_codecs" not in RTCRtpTransceiver.__init__.__code__.co_names:
         problems.append("RTCRtpTransceiver._codecs")
+    if not callable(getattr(RTCRtpReceiver, "_RTCRtpReceiver__stop_decoder", None)):
+        problems.append("RTCRtpReceiver.__stop_decoder")
     if not callable(getattr(RTCRtpReceiver, "_send_rtcp_pli", None)):
         problems.append("RTCRtpReceiver._send_rtcp_pli")
     for name in ("_send_keyframe", "_next_encoded_frame", "_handle_rtcp_packet"):
@@ -105,6 +107,20 @@ def set_jitter_buffer(receiver: RTCRtpReceiver, buffer: Any) -> None:
     """Replace the receiver's jitter buffer; must happen before RTP arrives
     (the peer connection emits "track" before it starts the receiver)."""
     setattr(receiver, _JITTER_BUFFER, buffer)
+
+
+def without_decoder(receiver: RTCRtpReceiver) -> None:
+    """Stop the decoder thread ``receive()`` starts for *receiver*.
+
+    A forwarded track never gives it work, and as a non-daemon thread it
+    would keep the process from exiting on SIGTERM until it is killed."""
+    original = receiver.receive
+
+    async def receive(parameters):
+        await original(parameters)
+        receiver._RTCRtpReceiver__stop_decoder()
+
+    receiver.receive = receive
 
 
 def receiver_codecs(receiver: RTCRtpReceiver) -> dict:

@@ -17,6 +17,7 @@ import asyncio
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -283,8 +284,21 @@ class Sfu:
         viewers = len(room.sessions) - len(room.publishers)
         if max_viewers is not None and viewers >= max_viewers:
             raise Full("viewers", f"this stream has its limit of {max_viewers} viewers")
-        session = self._new_session(room, "subscribe", owner)
+        # As many tracks of each kind as the offer has sections for: a player
+        # that asks for video only gets no audio transceiver (it would break
+        # the answer), and one section takes the first publisher's track.
+        wanted = Counter(_media_kinds(offer))
+        chosen: list[Forwarder] = []
         for forwarder in forwarders:
+            if wanted[forwarder.kind] > 0:
+                wanted[forwarder.kind] -= 1
+                chosen.append(forwarder)
+        if not chosen:
+            raise NoCommonCodec(
+                "no_common_kind", "the offer asks for no kind of media published here"
+            )
+        session = self._new_session(room, "subscribe", owner)
+        for forwarder in chosen:
             session.tracks.append(forwarder.attach(session.pc))
         answer = await self._negotiate(session, offer)
         self._register(room, session)

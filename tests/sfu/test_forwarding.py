@@ -260,3 +260,18 @@ async def test_a_publisher_is_judged_by_its_media_not_by_consent_checks():
     await sfu.close_all()
     await publisher.pc.close()
     await subscriber.close()
+
+
+async def test_no_decoder_thread_is_left_running_for_a_publisher(sfu):
+    """aiortc starts a (non-daemon) decoder thread per receiver; a forwarded
+    track needs none, and a live one would hold a stopping process."""
+    import threading
+
+    publisher = await publish(sfu)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    decoders = [t.name for t in threading.enumerate() if t.name.endswith("-decoder")]
+    # the subscriber's own video decoder runs here; the publisher's two do not
+    assert decoders == ["video-decoder"]
+    await publisher.pc.close()
+    await subscriber.close()
