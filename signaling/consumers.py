@@ -5,6 +5,12 @@ row lock (signaling.services); every change is told to the room's channel
 group, and each socket shows its participant their own view of it. WebRTC
 negotiation is relayed to one participant's socket at a time through the
 channel layer, so two people on different daphne processes meet normally.
+
+When the room's topology is "sfu" the socket also carries the negotiation
+with the forwarding unit (media.service): a participant publishes once and
+subscribes to each other one who publishes; the sessions are closed when the
+room no longer allows them (the participant left, was sent back or removed,
+lost the floor, reloaded the page; the meeting ended).
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import msgspec
 from channels.db import database_sync_to_async
@@ -110,6 +116,15 @@ REASONS = {
     "left": _("You left the meeting."),
     "timed_out": _("You were away for too long and left the meeting."),
     "replaced": _("You joined this meeting from another window."),
+    "sfu_off": _("This meeting's media do not go through the media server."),
+    "no_publisher": _("That participant is not sending anything at the moment."),
+    "no_such_session": _("There is no such media session."),
+    "media_full": _("The media server is busy; trying again shortly."),
+    "media_refused": _("The media server refused the connection."),
+    "media_unavailable": _("The media server is not available; trying again shortly."),
+    "no_common_codec": _("Your browser offered no audio or video format the server can forward."),
+    "sdp_too_many_tracks": _("Send at most one microphone and one camera."),
+    "sdp_malformed": _("The session description could not be read."),
 }
 CLOSE_FOR = {
     "removed": CloseCode.FORBIDDEN,
@@ -136,6 +151,36 @@ def read_rejoin_token(token: str, code: str, principal: str) -> str | None:
         return None
     pid = data.get("p")
     return pid if isinstance(pid, str) else None
+
+
+@dataclass(frozen=True)
+class MediaSession:
+    """One session of the forwarding unit, opened through this process."""
+
+    kind: str  # "publish" | "subscribe"
+    instance: str  # the page (Participant.instance) that opened it
+    source: str | None = None  # the participant a subscription receives
+
+
+# The forwarding unit's sessions opened through this process, by meeting and
+# participant: a socket that comes back (a reconnect) finds them here, and any
+# socket of the meeting in this process that sees a participant go (or lose the
+# right to send) closes theirs, even when that participant's socket is gone.
+_SESSIONS: dict[tuple[str, str], dict[str, MediaSession]] = {}
+# The newest room version whose sessions were checked, by meeting (once per process).
+_CHECKED: dict[str, int] = {}
+# What the forwarding unit's refusals become on the socket.
+_MEDIA_CODES = {
+    404: ErrorCode.NOT_FOUND,
+    409: ErrorCode.CONFLICT,
+    503: ErrorCode.FULL,
+}
+
+
+def _media_service():
+    from media import service
+
+    return service
 
 
 def _event_dict(event: rules.Event) -> dict:
@@ -166,6 +211,10 @@ class MeetConsumer(EnvelopeConsumer):
         return {
             p.Join: self.join,
             p.Signal: self.signal,
+            p.SfuPublish: self.sfu_publish,
+            p.SfuSubscribe: self.sfu_subscribe,
+            p.SfuClose: self.sfu_close,
+            p.SfuReady: self.sfu_ready,
             p.Media: self.media,
             p.Hand: self.hand,
             p.Chat: self.chat,
@@ -535,6 +584,197 @@ class MeetConsumer(EnvelopeConsumer):
         if not rules.may(self.room.kind, me.role, action):
             raise refusal("not_allowed")
 
+    # --- Through the forwarding unit (topology "sfu") -----------------------------
+
+    def _stream(self) -> str:
+        return f"meet-{self.code}"
+
+    def _owner(self, pid: str) -> str:
+        return f"meet:{self.code}:{pid}"
+
+    async def _rule(self, check):
+        """A rule's check on our copy of the room, then once more on the stored
+        room if it refused (our copy may be a moment old)."""
+        try:
+            return check(self.room)
+        except Refused:
+            await self._reload()
+            self._me()
+        try:
+            return check(self.room)
+        except Refused as refused:
+            raise refusal(refused.reason, refused.code) from None
+
+    def _offer(self, description: p.Description) -> str:
+        if description.type != "offer":
+            raise refusal("description_type", ErrorCode.BAD_SDP)
+        limit = settings.MEETINGS["MAX_SDP_BYTES"]
+        try:
+            sdp.check_description("offer", description.sdp, max_bytes=limit)
+        except sdp.BadInput as bad:
+            raise refusal(bad.reason, ErrorCode.BAD_SDP, limit=limit) from None
+        return description.sdp
+
+    async def _ask_media(self, call):
+        """A call to the media plane; its refusals as the socket's errors."""
+        from media.sfu.room import MediaError
+
+        try:
+            return await call
+        except MediaError as error:
+            code = _MEDIA_CODES.get(error.status, ErrorCode.BAD_SDP)
+            reason = error.reason if error.reason in REASONS else "media_refused"
+            if error.status == 503:
+                # At its limits (peers, bitrate), or no media worker answers.
+                full = error.reason in ("peers", "bitrate", "viewers")
+                reason = "media_full" if full else "media_unavailable"
+            raise EnvelopeError(code, REASONS[reason], reason=error.reason) from None
+        except EnvelopeError:
+            raise
+        except Exception:
+            log.warning("meeting %s: the media plane failed", self.code, exc_info=True)
+            raise refusal("media_unavailable", ErrorCode.INTERNAL) from None
+
+    def _keep(self, pid: str, session: str, media: MediaSession) -> None:
+        _SESSIONS.setdefault((self.code, pid), {})[session] = media
+
+    async def _close_media(self, pid: str, wanted) -> list[MediaSession]:
+        """Close ``pid``'s sessions (through this process) that ``wanted(id,
+        session)`` picks."""
+        sessions = _SESSIONS.get((self.code, pid), {})
+        doomed = [(sid, m) for sid, m in sessions.items() if wanted(sid, m)]
+        for sid, _media in doomed:
+            sessions.pop(sid, None)
+        if not sessions:
+            _SESSIONS.pop((self.code, pid), None)
+        for sid, _media in doomed:
+            try:
+                await _media_service().close(sid)
+            except Exception:
+                log.warning("meeting %s: could not close media session", self.code, exc_info=True)
+        return [m for _sid, m in doomed]
+
+    async def sfu_publish(self, message: p.SfuPublish) -> p.SfuAnswer:
+        self._me()
+        pid = self.pid
+        me = await self._rule(lambda room: rules.check_publish(room, pid, self.limits_rules))
+        offer = self._offer(message.description)
+        # One publication per participant: a new one (a new page, a media
+        # worker that died) replaces the earlier one before it starts.
+        await self._close_media(pid, lambda _sid, m: m.kind == "publish")
+        service = _media_service()
+        answer = await self._ask_media(
+            service.publish(self._stream(), offer, owner=self._owner(pid), exclusive=False)
+        )
+        self._keep(pid, answer.session, MediaSession("publish", me.instance))
+        try:
+            await self._change(
+                lambda room: rules.publishing(room, pid, True, limits=self.limits_rules)
+            )
+        except BaseException:
+            await self._close_media(pid, lambda sid, _m: sid == answer.session)
+            raise
+        return p.SfuAnswer(
+            session=answer.session, description=p.Description(type="answer", sdp=answer.sdp)
+        )
+
+    async def sfu_subscribe(self, message: p.SfuSubscribe) -> p.SfuAnswer:
+        self._me()
+        pid, source = self.pid, message.source
+        await self._rule(lambda room: rules.check_subscribe(room, pid, source, self.limits_rules))
+        me = self._me()
+        offer = self._offer(message.description)
+        await self._close_media(pid, lambda _sid, m: m.kind == "subscribe" and m.source == source)
+        service = _media_service()
+        answer = await self._ask_media(
+            service.subscribe(
+                self._stream(),
+                offer,
+                owner=self._owner(pid),
+                source_owner=self._owner(source),
+            )
+        )
+        self._keep(pid, answer.session, MediaSession("subscribe", me.instance, source))
+        return p.SfuAnswer(
+            session=answer.session,
+            source=source,
+            description=p.Description(type="answer", sdp=answer.sdp),
+        )
+
+    async def sfu_close(self, message: p.SfuClose) -> p.Ok:
+        self._me()
+        pid = self.pid
+        mine = _SESSIONS.get((self.code, pid), {})
+        if message.session not in mine:
+            # Opened through another process (before a reconnect): the unit knows.
+            service = _media_service()
+            owner = await service.owner_of(self._stream(), message.session)
+            if owner != self._owner(pid):
+                raise refusal("no_such_session", ErrorCode.NOT_FOUND)
+            await service.close(message.session)
+            return p.Ok()
+        closed = await self._close_media(pid, lambda sid, _m: sid == message.session)
+        if any(m.kind == "publish" for m in closed):
+            await self._change(
+                lambda room: rules.publishing(room, pid, False, limits=self.limits_rules)
+            )
+        return p.Ok()
+
+    async def sfu_ready(self, message: p.SfuReady) -> p.Ok | None:
+        me = self._me()
+        self._allowed(me, Action.SIGNAL)
+        target = self.room.participants.get(message.to)
+        if (
+            target is None
+            or target.pid == self.pid
+            or target.status is not Status.ADMITTED
+            or target.channel is None
+        ):
+            raise refusal("peer_unavailable", ErrorCode.NOT_FOUND)
+        try:
+            await self.channel_layer.send(
+                target.channel, {"type": "meet.sfu_ready", "from": self.pid, "to": target.pid}
+            )
+        except ChannelFull:
+            raise refusal("relay_busy", ErrorCode.RATE_LIMITED) from None
+        return p.Ok() if message.id else None
+
+    async def _check_media(self, room: Room) -> None:
+        """Close the sessions (opened through this process) that ``room`` no
+        longer allows: of someone who left, was sent back or reloaded the page,
+        a publication of someone who lost the floor, a subscription to someone
+        who stopped sending; all of them once the room is no longer "sfu"."""
+        if _CHECKED.get(self.code, -1) >= room.version:
+            return
+        _CHECKED[self.code] = room.version
+        sfu = not room.ended and rules.topology(room, self.limits_rules) == "sfu"
+
+        def allowed(pid: str):
+            def check(m: MediaSession) -> bool:
+                me = room.participants.get(pid)
+                if not sfu or me is None or me.status is not Status.ADMITTED:
+                    return False
+                if me.instance != m.instance:
+                    return False
+                if m.kind == "publish":
+                    return rules.may_publish(room, me)
+                source = room.participants.get(m.source or "")
+                return (
+                    source is not None
+                    and source.status is Status.ADMITTED
+                    and bool(source.published)
+                )
+
+            return check
+
+        for code, pid in list(_SESSIONS):
+            if code != self.code:
+                continue
+            check = allowed(pid)
+            await self._close_media(pid, lambda _sid, m, check=check: not check(m))
+        if room.ended or not room.participants:
+            _CHECKED.pop(self.code, None)
+
     # --- Chat -------------------------------------------------------------------
 
     def _moderates(self, me: rules.Participant) -> bool:
@@ -592,6 +832,8 @@ class MeetConsumer(EnvelopeConsumer):
         if self.room is not None and room.version < self.room.version:
             return  # an older state overtaken by a newer one
         self.room = room
+        if _SESSIONS:
+            await self._check_media(room)
         if room.ended:
             await self._finish(p.Ended(message=self._text("meeting_ended")), CloseCode.NORMAL)
             return
@@ -641,6 +883,14 @@ class MeetConsumer(EnvelopeConsumer):
                 candidate=msgspec.convert(event["candidate"], p.Candidate | None),
             )
         )
+
+    async def meet_sfu_ready(self, event) -> None:
+        if self.pid is None or event["to"] != self.pid or self.room is None:
+            return
+        me = self.room.participants.get(self.pid)
+        if me is None or me.status is not Status.ADMITTED:
+            return
+        await self.send_message(p.SfuReadyFrom(from_=event["from"]))
 
     async def meet_chat(self, event) -> None:
         if self.pid is None or self.room is None:

@@ -7,6 +7,15 @@ participant may see it, whenever it changes, with a ``version``), ``signal``
 (from another participant, with ``polite`` for perfect negotiation),
 ``notice`` (something done to you: admitted, muted, given the floor…),
 ``chat``, ``left`` (you are out of the meeting, with a reason) and ``ended``.
+
+When the room's ``topology`` is ``"sfu"`` the media go through the forwarding
+unit instead of directly: ``sfu_publish`` (an offer with your tracks, send-only)
+and ``sfu_subscribe`` (a receive-only offer for one participant whose
+``published`` is above 0) are answered with ``sfu_answer`` (the session and
+the unit's answer with all its candidates: no trickle); ``sfu_close`` ends one
+of your sessions. ``sfu_ready`` tells another participant that you now get
+their media through the unit, so that the two of you can close your direct
+connection without a gap (relayed as ``sfu_ready`` with ``from``).
 """
 
 from __future__ import annotations
@@ -50,6 +59,31 @@ class Signal(Message, tag="signal"):
     to: Pid
     description: Description | None = None
     candidate: Candidate | None = None
+
+
+class SfuPublish(Message, tag="sfu_publish"):
+    """Send your microphone and camera (or screen) to the forwarding unit; a
+    new publication replaces your earlier one."""
+
+    description: Description
+
+
+class SfuSubscribe(Message, tag="sfu_subscribe"):
+    """Receive one participant's media from the forwarding unit; a new
+    subscription to the same participant replaces the earlier one."""
+
+    source: Pid
+    description: Description
+
+
+class SfuClose(Message, tag="sfu_close"):
+    session: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+
+
+class SfuReady(Message, tag="sfu_ready"):
+    """To ``to``: I receive you through the forwarding unit now."""
+
+    to: Pid
 
 
 class Media(Message, tag="media"):
@@ -135,6 +169,10 @@ class Approve(Message, tag="approve"):
 INBOUND: tuple[type[Message], ...] = (
     Join,
     Signal,
+    SfuPublish,
+    SfuSubscribe,
+    SfuClose,
+    SfuReady,
     Media,
     Hand,
     Chat,
@@ -189,6 +227,18 @@ class SignalFrom(Message, tag="signal"):
     polite: bool
     description: Description | None = None
     candidate: Candidate | None = None
+
+
+class SfuAnswer(Message, tag="sfu_answer"):
+    """The forwarding unit's answer; ``source`` for a subscription."""
+
+    session: str
+    description: Description
+    source: str | None = None
+
+
+class SfuReadyFrom(Message, tag="sfu_ready"):
+    from_: str = msgspec.field(name="from")
 
 
 class ChatOut(Message, tag="chat"):

@@ -176,6 +176,10 @@ class Participant(msgspec.Struct, kw_only=True):
     # the page compares them with what it saw, so a lost notice loses no mute.
     audio_mutes: int = 0
     video_mutes: int = 0
+    # Sends through the forwarding unit (topology "sfu"): 0 when not, else how
+    # many times it (re)published, so that the others subscribe again to a new
+    # publication (a new page, a media worker that died and was replaced).
+    published: int = 0
 
 
 class Room(msgspec.Struct, kw_only=True):
@@ -198,6 +202,9 @@ class Room(msgspec.Struct, kw_only=True):
     # last services feed the queue's estimate.
     serving_since: float | None = None
     service_times: list[float] = []
+    # The call outgrew the mesh and moved to the forwarding unit; it stays
+    # there (nobody's media flaps) until nobody is left in the call.
+    sfu: bool = False
 
 
 @dataclass(frozen=True)
@@ -205,7 +212,9 @@ class Limits:
     call_max: int = 5  # residents (with companions) in one consultation call
     briefing_max: int = 25
     public_max: int = 200
-    mesh_max: int = 8  # the most peers a mesh room holds (no SFU yet)
+    mesh_max: int = 8  # the most peers a mesh room holds; past it, the forwarding unit
+    sfu: bool = True  # rooms may move to the forwarding unit (else mesh_max caps them)
+    force_sfu: bool = False  # every room uses the forwarding unit from the first person
     reconnect_grace: float = 45.0
     lease: float = 75.0  # a connected participant's lease, renewed by heartbeats
     service_default: float = 600.0  # estimate per resident before any is measured
@@ -276,12 +285,86 @@ def capacity(room: Room, limits: Limits) -> int:
         Kind.BRIEFING: limits.briefing_max,
         Kind.PUBLIC: limits.public_max,
     }[room.kind]
-    return min(by_kind, limits.mesh_max)
+    return by_kind if limits.sfu else min(by_kind, limits.mesh_max)
 
 
 def topology(room: Room, limits: Limits) -> str:
-    """How media flows: every pair directly ("mesh") for the rooms we hold."""
+    """How media flows: every pair directly ("mesh"), or each participant
+    once to the forwarding unit, which sends it on to the others ("sfu"):
+    forced by a setting, or once the call grew past ``mesh_max``."""
+    if limits.sfu and (limits.force_sfu or room.sfu):
+        return "sfu"
     return "mesh"
+
+
+def _grown(room: Room, limits: Limits) -> None:
+    """Someone was let into the call: past the mesh's size it moves to the
+    forwarding unit (for good: until the call is empty)."""
+    if limits.sfu and len(_admitted(room)) > limits.mesh_max:
+        room.sfu = True
+
+
+def _shrunk(room: Room) -> None:
+    """Someone left the call: once it is empty, the next call starts as a mesh."""
+    if not _admitted(room):
+        room.sfu = False
+
+
+def may_publish(room: Room, participant: Participant) -> bool:
+    """Whether ``participant`` may send their microphone, camera or screen now
+    (the rule of the media controls: a role that has them, and in a meeting
+    with a floor, a participant who holds it)."""
+    if room.ended or participant.status is not Status.ADMITTED:
+        return False
+    if not may(room.kind, participant.role, Action.AUDIO):
+        return False
+    return not (
+        room.kind in FLOOR_KINDS
+        and participant.role in (Role.PARTICIPANT, Role.GUEST)
+        and not participant.floor
+    )
+
+
+def check_publish(room: Room, pid: str, limits: Limits) -> Participant:
+    """``pid`` may send to the forwarding unit now, else :class:`Refused`."""
+    participant = _get(room, pid)
+    _require(room, participant, Action.SIGNAL)
+    if topology(room, limits) != "sfu":
+        raise Refused("conflict", "sfu_off")
+    if not may(room.kind, participant.role, Action.AUDIO):
+        raise Refused("forbidden", "not_allowed")
+    if not may_publish(room, participant):
+        raise Refused("forbidden", "needs_floor")
+    return participant
+
+
+def check_subscribe(room: Room, pid: str, source: str, limits: Limits) -> Participant:
+    """``pid`` may receive ``source``'s media from the forwarding unit now,
+    else :class:`Refused`; the source."""
+    participant = _get(room, pid)
+    _require(room, participant, Action.SIGNAL)
+    if topology(room, limits) != "sfu":
+        raise Refused("conflict", "sfu_off")
+    other = room.participants.get(source)
+    if other is None or other.status is not Status.ADMITTED:
+        raise Refused("not_found", "peer_unavailable")
+    if other.pid == pid:
+        raise Refused("conflict", "not_on_yourself")
+    if not other.published:
+        raise Refused("not_found", "no_publisher")
+    return other
+
+
+def publishing(room: Room, pid: str, on: bool, *, limits: Limits) -> Outcome:
+    """``pid`` started (again) or stopped sending to the forwarding unit."""
+    if on:
+        check_publish(room, pid, limits)
+    room = _copy(room)
+    participant = room.participants.get(pid)
+    if participant is None:
+        return Outcome(room)
+    participant.published = participant.published + 1 if on else 0
+    return Outcome(room)
 
 
 def _get(room: Room, pid: str | None) -> Participant:
@@ -358,6 +441,7 @@ def join(room: Room, claim: Claim, *, channel: str, instance: str, now: float, l
     if queued:
         room.next_ticket += 1
     room.participants[pid] = participant
+    _grown(room, limits)
     events = [Event("joined", pid, claim.name, detail={"role": role.value})]
     events.append(Event("queued" if queued else "admitted", pid, claim.name))
     return Outcome(room, events, pid)
@@ -382,6 +466,7 @@ def reconnect(
     if participant.instance != instance:
         # A new page: its peer connections are new, it sends nothing yet.
         participant.audio = participant.video = participant.screen = False
+        participant.published = 0
     participant.instance = instance
     participant.epoch += 1
     participant.lease_until = now + limits.lease
@@ -430,6 +515,7 @@ def _depart(
     room: Room, participant: Participant, reason: str, now: float, actor: str | None = None
 ) -> list[Event]:
     del room.participants[participant.pid]
+    _shrunk(room)
     events = [
         Event(
             "left",
@@ -488,6 +574,7 @@ def _admit(
     participant.admitted_at = now
     participant.queued_at = None
     participant.returning = False
+    _grown(room, limits)
     if participant.principal in room.banned:
         room.banned = [b for b in room.banned if b != participant.principal]
     if room.kind in QUEUED_KINDS and room.serving_since is None:
@@ -548,8 +635,10 @@ def _do_send_back(room, actor, target, value, now, limits):
     participant.queued_at = now
     participant.admitted_at = None
     participant.audio = participant.video = participant.screen = False
+    participant.published = 0
     participant.hand = None
     participant.floor = False
+    _shrunk(room)
     events = [
         Event("sent_back", participant.pid, participant.name, actor=actor.pid, to=participant.pid)
     ]
@@ -657,6 +746,7 @@ def _do_floor(room, actor, target, value, now, limits):
     participant.hand = None
     if not participant.floor:
         participant.audio = participant.video = participant.screen = False
+        participant.published = 0
     kind = "floor_given" if participant.floor else "floor_taken"
     return [Event(kind, participant.pid, participant.name, actor=actor.pid, to=participant.pid)]
 
@@ -792,6 +882,7 @@ def view(room: Room, pid: str, *, now: float, limits: Limits) -> dict[str, Any]:
             "polite": polite(pid, p.pid),
             "audio_mutes": p.audio_mutes,
             "video_mutes": p.video_mutes,
+            "published": p.published,
         }
         for p in admitted
     ]

@@ -51,6 +51,8 @@ def limits() -> rules.Limits:
         briefing_max=m["BRIEFING_MAX"],
         public_max=m["PUBLIC_MAX"],
         mesh_max=m["MESH_MAX"],
+        sfu=m["SFU"],
+        force_sfu=m["FORCE_SFU"],
         reconnect_grace=m["RECONNECT_GRACE"],
         lease=max(lease, m["RECONNECT_GRACE"]),
         service_default=m["SERVICE_MINUTES"] * 60,

@@ -2,7 +2,12 @@
 fake camera and microphone) against a real daphne, Redis and PostgreSQL: the
 clerk opens the host link, the resident the guest link; the resident waits at
 position 1, the clerk lets them in, each sees the other's video, chat goes both
-ways, the clerk ends the meeting and the resident sees it ended."""
+ways, the clerk ends the meeting and the resident sees it ended.
+
+The same call again with the forwarding unit forced on (``MEET_FORCE_SFU=1``:
+the media go through the unit embedded in daphne, not directly), and three
+people in a room whose mesh holds two: it moves to the unit while all stay,
+without a frozen tile, and everyone still sees everyone."""
 
 from __future__ import annotations
 
@@ -57,6 +62,48 @@ SENDS_SCREEN = """
 () => [...window.egminaMeeting.links.values()].every(({ link }) =>
   link.senders.video?.track?.label.startsWith("screen"))
 """
+# Through the forwarding unit: the publication sends the screen.
+SENDS_SCREEN_SFU = """
+() => Boolean(window.egminaMeeting.sfu?.publisher?.pc?.getTransceivers()[1]
+  ?.sender.track?.label.startsWith("screen"))
+"""
+# Every other participant comes through the unit (EXPECTED of them), shown in
+# their tile, and no direct connection is left.
+ALL_THROUGH_SFU = """
+() => {
+  const m = window.egminaMeeting;
+  if (!m.sfu || m.room?.topology !== "sfu" || m.links.size !== 0) return false;
+  const subs = [...m.sfu.subs.values()];
+  return subs.length === EXPECTED && subs.every(({ link }) => link.state === "connected")
+    && m.sfu.publisher?.state === "connected" && m.sfuShown.size === EXPECTED
+    && document.querySelectorAll('#videos video.tile__video--pending').length === 0;
+}
+"""
+# Watches the remote tiles there are now: one whose video stops (gone, no
+# size, or its clock still for over a second) is written down in window.frozen.
+WATCH_TILES = """
+() => {
+  window.frozen = [];
+  const seen = new Map();
+  const watched = [...window.egminaMeeting.tiles.keys()];
+  window.watchTimer = setInterval(() => {
+    const now = performance.now();
+    for (const pid of watched) {
+      const tile = window.egminaMeeting.tiles.get(pid);
+      if (!tile) { window.frozen.push(`${pid}: no tile`); continue; }
+      const video = tile.querySelector(".tile__video:not(.tile__video--pending)");
+      if (!video || video.videoWidth === 0) { window.frozen.push(`${pid}: no video`); continue; }
+      const last = seen.get(pid);
+      if (!last || last.video !== video || video.currentTime > last.time) {
+        seen.set(pid, { video, time: video.currentTime, since: now });
+      } else if (now - last.since > 1000) {
+        window.frozen.push(`${pid}: still for ${Math.round(now - last.since)} ms`);
+        last.since = now;
+      }
+    }
+  }, 100);
+}
+"""
 
 RESTART_BOTH = """
 () => { for (const { link } of window.egminaMeeting.links.values()) link.restartIce(); }
@@ -84,7 +131,15 @@ DIAGNOSIS = """
   const videos = [...document.querySelectorAll('#videos video')].map((v) => ({
     w: v.videoWidth, t: v.currentTime, paused: v.paused, src: Boolean(v.srcObject),
   }));
-  return JSON.stringify({ you: m.you, status: m.status, version: m.room?.version, links, videos,
+  const sfu = m.sfu && {
+    publisher: m.sfu.publisher
+      && { state: m.sfu.publisher.state, trace: m.sfu.publisher.trace.join(" ") },
+    subs: [...m.sfu.subs].map(([pid, s]) => ({ pid, generation: s.generation, state: s.link.state,
+      trace: s.link.trace.join(" ") })),
+    shown: [...m.sfuShown], readyFrom: [...m.readyFrom],
+  };
+  return JSON.stringify({ you: m.you, status: m.status, version: m.room?.version,
+    topology: m.room?.topology, links, sfu, videos, frozen: window.frozen,
     log: window.meetLog || [] });
 }
 """
@@ -123,13 +178,24 @@ async def wait_for(page, script: str, timeout: float = 20.0):
 
 @pytest.fixture
 def meeting_server(hub_processes):
-    """A daphne serving the test database (``django_db(transaction=True)``)."""
+    """A daphne serving the test database (``django_db(transaction=True)``);
+    ``env`` adds settings (``MEET_FORCE_SFU``…). The forwarding unit runs
+    inside it (``MEDIA_MODE=embedded``)."""
 
-    def start(port: int | None = None) -> str:
-        port = hub_processes.daphne({"DATABASE_URL": url_of_test_database()}, port=port)
+    def start(port: int | None = None, env: dict[str, str] | None = None) -> str:
+        settings = {
+            "DATABASE_URL": url_of_test_database(),
+            "MEDIA_MODE": "embedded",
+            **(env or {}),
+        }
+        port = hub_processes.daphne(settings, port=port)
         return f"http://127.0.0.1:{port}"
 
     return start
+
+
+FORCED_SFU = {"MEET_FORCE_SFU": "1"}
+topologies = pytest.mark.parametrize("sfu", [False, True], ids=["mesh", "sfu"])
 
 
 async def admitted_call(stack, base: str, meeting, key: str):
@@ -152,12 +218,13 @@ async def admitted_call(stack, base: str, meeting, key: str):
     return clerk, resident
 
 
+@topologies
 @pytest.mark.django_db(transaction=True)
-async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
+async def test_clerk_and_resident_meet_in_two_browsers(meeting_server, sfu):
     from signaling.services import create_meeting
 
     meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja podatkowa")
-    base = meeting_server()
+    base = meeting_server(env=FORCED_SFU if sfu else None)
     host_link = f"{base}/meet/{meeting.code}/?key={key}"
     guest_link = f"{base}/meet/{meeting.code}/?name={quote('Jan Kowalski')}"
 
@@ -201,6 +268,9 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         # Each shows the other as sending: camera tile visible, no muted mark.
         for page in (clerk, resident):
             await wait_for(page, REMOTE_TILE_SHOWS_MEDIA)
+            if sfu:
+                # …through the forwarding unit: no direct connection at all.
+                await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"))
 
         # The clerk mutes the resident: the resident's microphone really stops.
         await clerk.locator('#people-list [data-action="mute-audio"]').click()
@@ -212,8 +282,9 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
 
         # The clerk shares the screen: the resident is sent the screen instead of
         # the camera (same connection, no renegotiation) and sees it shared.
+        sends_screen = SENDS_SCREEN_SFU if sfu else SENDS_SCREEN
         await clerk.click("#toggle-screen")
-        await wait_for(clerk, SENDS_SCREEN)
+        await wait_for(clerk, sends_screen)
         await wait_for(
             resident,
             "window.egminaMeeting.room.participants.some((p) => p.name === 'Anna Urzędniczka'"
@@ -221,14 +292,26 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         )
         await wait_for(resident, REMOTE_VIDEO_PLAYS)
         await clerk.click("#toggle-screen")
-        await wait_for(clerk, f"!({SENDS_SCREEN.strip()})()")
+        await wait_for(clerk, f"!({sends_screen.strip()})()")
 
-        # Glare: both sides renegotiate at the same moment (an ICE restart
-        # each); perfect negotiation settles it and the call goes on.
-        await asyncio.gather(*(page.evaluate(RESTART_BOTH) for page in (clerk, resident)))
-        for page in (clerk, resident):
-            await wait_for(page, SETTLED_AFTER_GLARE)
-            await wait_for(page, REMOTE_VIDEO_PLAYS)
+        if sfu:
+            # The clerk's publication is lost (as when its media worker dies)
+            # and made again: the resident subscribes to the new one by itself.
+            await clerk.evaluate("window.egminaMeeting.sfu.publisher._retry()")
+            await wait_for(
+                resident,
+                "window.egminaMeeting.room.participants.some((p) => p.published >= 2)",
+            )
+            for page in (clerk, resident):
+                await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"))
+                await wait_for(page, REMOTE_VIDEO_PLAYS)
+        else:
+            # Glare: both sides renegotiate at the same moment (an ICE restart
+            # each); perfect negotiation settles it and the call goes on.
+            await asyncio.gather(*(page.evaluate(RESTART_BOTH) for page in (clerk, resident)))
+            for page in (clerk, resident):
+                await wait_for(page, SETTLED_AFTER_GLARE)
+                await wait_for(page, REMOTE_VIDEO_PLAYS)
 
         # The meeting view itself (grid, controls, panels, the host's queue panel)
         # meets WCAG 2.1 AA, on both sides.
@@ -264,16 +347,21 @@ async def test_clerk_and_resident_meet_in_two_browsers(meeting_server):
         assert errors == []
 
 
+@topologies
 @pytest.mark.django_db(transaction=True)
-async def test_after_the_server_dies_both_come_back_to_the_same_call(meeting_server, hub_processes):
+async def test_after_the_server_dies_both_come_back_to_the_same_call(
+    meeting_server, hub_processes, sfu
+):
     """daphne is killed (SIGKILL: no close frames, no cleanup) and started again
     on the same port: both pages reconnect by themselves and rejoin with their
     tokens, as the same participants, still admitted, without the clerk letting
-    anyone in again; the call's media (peer to peer) never stopped."""
+    anyone in again; the call's media (peer to peer) never stopped. Through the
+    forwarding unit (it died with daphne) both publish and subscribe again."""
     from signaling.services import create_meeting
 
     meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja")
-    base = meeting_server()
+    env = FORCED_SFU if sfu else None
+    base = meeting_server(env=env)
     port = int(base.rsplit(":", 1)[1])
     async with contextlib.AsyncExitStack() as stack:
         clerk, resident = await admitted_call(stack, base, meeting, key)
@@ -285,7 +373,7 @@ async def test_after_the_server_dies_both_come_back_to_the_same_call(meeting_ser
         proc.kill()
         proc.wait(timeout=10)
         await wait_for(resident, "document.querySelector('#quality').dataset.level === 'offline'")
-        meeting_server(port)
+        meeting_server(port, env=env)
         for page in (clerk, resident):
             await wait_for(page, "document.querySelector('#quality').dataset.level !== 'offline'")
             await wait_for(page, "window.egminaMeeting.hub.state === 'open'")
@@ -296,8 +384,10 @@ async def test_after_the_server_dies_both_come_back_to_the_same_call(meeting_ser
         assert after == before
         assert await resident.evaluate("window.egminaMeeting.status") == "admitted"
         assert await resident.is_visible("#meeting-view")
-        await wait_for(clerk, REMOTE_VIDEO_PLAYS)
-        await wait_for(resident, REMOTE_VIDEO_PLAYS)
+        for page in (clerk, resident):
+            if sfu:
+                await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"), timeout=60)
+            await wait_for(page, REMOTE_VIDEO_PLAYS)
         # The new sockets carry the meeting: chat goes through them.
         await resident.fill("#chat-input", "Jestem z powrotem")
         await resident.press("#chat-input", "Enter")
@@ -352,15 +442,18 @@ async def test_someone_let_in_while_another_is_away_meets_them_when_they_return(
             await wait_for(page, ALL_REMOTE_VIDEOS_PLAY.replace("EXPECTED", "2"), timeout=30)
 
 
+@topologies
 @pytest.mark.django_db(transaction=True)
-async def test_public_consultation_hand_floor_and_moderated_questions(meeting_server):
+async def test_public_consultation_hand_floor_and_moderated_questions(meeting_server, sfu):
     """A guest in a public consultation cannot speak until given the floor: they
     raise a hand, the moderator gives the floor, their microphone goes on for
-    everyone; their question waits until the moderator publishes it."""
+    everyone; their question waits until the moderator publishes it. Through
+    the forwarding unit the guest only receives until given the floor, then
+    publishes too."""
     from signaling.services import create_meeting
 
     meeting, key = await sync_to_async(create_meeting)(Kind.PUBLIC, "Budżet obywatelski")
-    base = meeting_server()
+    base = meeting_server(env=FORCED_SFU if sfu else None)
     async with contextlib.AsyncExitStack() as stack:
         host_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
         guest_browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
@@ -376,6 +469,10 @@ async def test_public_consultation_hand_floor_and_moderated_questions(meeting_se
         await guest.wait_for_selector("#meeting-view:not([hidden])")  # public: straight in
         # Without the floor the microphone button is off and disabled.
         assert await guest.is_disabled("#toggle-microphone")
+        if sfu:
+            # The guest receives the moderator through the unit, sends nothing.
+            await wait_for(guest, REMOTE_VIDEO_PLAYS)
+            assert await guest.evaluate("window.egminaMeeting.sfu.publisher") is None
         await guest.click("#toggle-hand")
         await host.wait_for_selector("#people-list .people__item--hand")
         await host.locator('#people-list [data-action="floor"]').click()
@@ -385,6 +482,10 @@ async def test_public_consultation_hand_floor_and_moderated_questions(meeting_se
             host,
             "window.egminaMeeting.room.participants.some((p) => p.name === 'Jan' && p.audio)",
         )
+        if sfu:
+            # Given the floor, the guest publishes and the moderator receives them.
+            for page in (host, guest):
+                await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"))
         # A question waits for the moderator, then everyone sees it.
         await guest.fill("#chat-input", "Kiedy głosowanie?")
         await guest.press("#chat-input", "Enter")
@@ -396,3 +497,57 @@ async def test_public_consultation_hand_floor_and_moderated_questions(meeting_se
             "document.querySelector('#chat-log .chat__item--published')?.textContent"
             ".includes('Kiedy głosowanie?')",
         )
+        # The moderator ends the meeting (through the unit: every session ends with it).
+        host.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await host.click("#end-button")
+        await guest.wait_for_selector("#ended-view:not([hidden])")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_three_people_outgrow_a_mesh_of_two_and_move_to_the_unit_without_leaving(
+    meeting_server,
+):
+    """MESH_MAX=2: the clerk and a resident talk directly; when the clerk lets a
+    second resident in, the room moves to the forwarding unit. Nobody leaves or
+    is let in again, the first two never see each other's video stop (the
+    unit's copy takes the tile's place once it plays, and their direct
+    connection closes only then), and in the end everyone sees everyone through
+    the unit."""
+    from signaling.services import create_meeting
+
+    meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja")
+    base = meeting_server(env={"MEET_MESH_MAX": "2"})
+    async with contextlib.AsyncExitStack() as stack:
+        clerk, first = await admitted_call(stack, base, meeting, key)
+        for page in (clerk, first):
+            assert await page.evaluate("window.egminaMeeting.room.topology") == "mesh"
+            assert await page.evaluate("window.egminaMeeting.links.size") == 1
+            await page.evaluate(WATCH_TILES)
+        before = {page: await page.evaluate("window.egminaMeeting.you") for page in (clerk, first)}
+        browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+        second = await (await browser.new_context()).new_page()
+        record_console(second)
+        await second.goto(f"{base}/meet/{meeting.code}/?name=Ewa")
+        await second.click("#join-button")
+        await clerk.locator('#queue-list button[data-action="admit"]').click()
+        await second.wait_for_selector("#meeting-view:not([hidden])")
+        assert await second.evaluate("window.egminaMeeting.room.topology") == "sfu"
+        for page in (clerk, first, second):
+            await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "2"), timeout=60)
+            await wait_for(page, ALL_REMOTE_VIDEOS_PLAY.replace("EXPECTED", "2"), timeout=30)
+        # Nobody left: the same places, three people in the call.
+        for page, pid in before.items():
+            assert await page.evaluate("window.egminaMeeting.you") == pid
+            assert await page.evaluate("window.egminaMeeting.status") == "admitted"
+        for page in (clerk, first, second):
+            assert await page.evaluate("window.egminaMeeting.room.participants.length") == 3
+        # No frozen or empty tile on the two who switched.
+        for page in (clerk, first):
+            await page.evaluate("clearInterval(window.watchTimer)")
+            assert await page.evaluate("window.frozen") == [], await page.evaluate(DIAGNOSIS)
+        # The clerk ends the meeting: everyone's media sessions end with it.
+        clerk.on("dialog", lambda dialog: asyncio.ensure_future(dialog.accept()))
+        await clerk.click("#end-button")
+        for page in (first, second):
+            await page.wait_for_selector("#ended-view:not([hidden])")
+            await wait_for(page, "window.egminaMeeting.sfu === null")

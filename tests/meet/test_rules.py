@@ -449,10 +449,14 @@ def test_locked_room_refuses_all_but_moderators():
 
 
 def test_capacity_and_full():
-    limits = Limits(call_max=3, mesh_max=6)
+    # Without the forwarding unit, the mesh's size caps every room.
+    limits = Limits(call_max=3, mesh_max=6, sfu=False)
     assert rules.capacity(Room(code="c", kind=Kind.PUBLIC, title=""), limits) == 6
     assert rules.capacity(Room(code="c", kind=Kind.CONSULTATION, title=""), limits) == 5
     assert rules.capacity(Room(code="c", kind=Kind.BRIEFING, title=""), Limits(mesh_max=99)) == 25
+    # With it (the default), only the kind's limits do.
+    assert rules.capacity(Room(code="c", kind=Kind.PUBLIC, title=""), Limits(mesh_max=6)) == 200
+    assert rules.capacity(Room(code="c", kind=Kind.BRIEFING, title=""), Limits(mesh_max=2)) == 25
     m = Meeting(Kind.PUBLIC, limits)
     m.join("h", host=True)
     for i in range(5):
@@ -464,6 +468,170 @@ def test_capacity_and_full():
     q = Meeting(Kind.CONSULTATION, limits)
     q.join("h", host=True)
     assert all(q[q.join(f"r{i}")].status is Status.QUEUED for i in range(20))
+
+
+# --- Mesh, then the forwarding unit (topology) -----------------------------------------
+
+
+def topologies(m: Meeting) -> set[str]:
+    """The topology every admitted participant is shown (and one outsider)."""
+    admitted = [p.pid for p in m.room.participants.values() if p.status is Status.ADMITTED]
+    seen = {m.view(pid)["topology"] for pid in [*admitted, "pnobody"]}
+    assert len(seen) == 1, seen
+    return seen
+
+
+def test_a_call_moves_to_the_forwarding_unit_past_the_mesh_size_and_stays_until_empty():
+    m = Meeting(Kind.BRIEFING, Limits(mesh_max=3), invited=[f"user:s{i}" for i in range(6)])
+    host = m.join("h", host=True)
+    staff = [m.join(f"s{i}", staff=True) for i in range(2)]
+    assert topologies(m) == {"mesh"} and not m.room.sfu  # 3 people: still a mesh
+    fourth = m.join("s2", staff=True)
+    assert topologies(m) == {"sfu"} and m.room.sfu  # the 4th: past the mesh
+    # Sticky: back under the mesh size, still through the unit (nobody's media flaps).
+    m.act(fourth, A.LEAVE)
+    m.act(staff[0], A.LEAVE)
+    assert topologies(m) == {"sfu"}
+    # Away and back, a reload: it stays.
+    m.disconnect(staff[1], "ch-s1")
+    m.reconnect(staff[1], "user:s1", "ch-again", "tab-new")
+    assert topologies(m) == {"sfu"}
+    # Once the call is empty, the next one starts as a mesh.
+    m.act(staff[1], A.LEAVE)
+    m.act(host, A.LEAVE)
+    assert not m.room.participants and not m.room.sfu
+    m.join("h", host=True)
+    assert topologies(m) == {"mesh"}
+
+
+def test_admitting_from_the_queue_moves_the_call_too_and_the_queue_does_not_count():
+    m = Meeting(Kind.CONSULTATION, Limits(mesh_max=2, call_max=3))
+    host = m.join("h", host=True)
+    residents = [m.join(f"r{i}") for i in range(3)]  # they wait: not in the call
+    assert topologies(m) == {"mesh"}
+    m.act(host, A.ADMIT, residents[0])
+    assert topologies(m) == {"mesh"}
+    m.act(host, A.ADMIT, residents[1])
+    assert topologies(m) == {"sfu"}
+    # Sent back and served: the call is the host alone, still through the unit…
+    m.act(host, A.SEND_BACK, residents[1])
+    m.act(host, A.CALL_NEXT)
+    assert m.room.sfu
+    # …and the host alone leaving with residents still queued empties the call.
+    waiting = m.queued()
+    assert waiting
+    m.expire()
+    m.now += 10_000
+    m.expire()
+    assert not m.room.participants and not m.room.sfu
+
+
+def test_capacity_grows_past_the_mesh_only_with_the_forwarding_unit():
+    invited = [f"user:s{i}" for i in range(12)]
+    on = Meeting(Kind.BRIEFING, Limits(mesh_max=4), invited=invited)
+    on.join("h", host=True)
+    for i in range(10):
+        on.join(f"s{i}", staff=True)
+    assert topologies(on) == {"sfu"}
+    off = Meeting(Kind.BRIEFING, Limits(mesh_max=4, sfu=False), invited=invited)
+    off.join("h", host=True)
+    for i in range(3):
+        off.join(f"s{i}", staff=True)
+    refused = off.join_refused("s3", staff=True)
+    assert (refused.code, refused.reason) == ("full", "meeting_full")
+    assert topologies(off) == {"mesh"} and not off.room.sfu
+
+
+def test_forced_forwarding_unit_from_the_first_participant_and_off_means_off():
+    forced = Meeting(Kind.CONSULTATION, Limits(force_sfu=True))
+    assert topologies(forced) == {"sfu"}  # even before anyone is in
+    forced.join("h", host=True)
+    assert topologies(forced) == {"sfu"}
+    # Switched off, nothing forces it nor moves a room there.
+    off = Meeting(Kind.CONSULTATION, Limits(sfu=False, force_sfu=True, mesh_max=2), sfu=True)
+    off.join("h", host=True)
+    assert topologies(off) == {"mesh"}
+
+
+def test_who_may_send_to_and_receive_from_the_forwarding_unit():
+    m, who = full_room(Kind.PUBLIC)
+    limits = Limits(force_sfu=True)
+    m.limits = limits
+    for key in ("participant", "guest"):  # full_room gave them the floor
+        m.act(who["host"], A.FLOOR, who[key], False)
+    room = m.room
+    for key in ("host", "moderator"):
+        assert rules.check_publish(room, who[key], limits).pid == who[key]
+    # Without the floor a participant sends nothing; a viewer never does.
+    for key, reason in (
+        ("participant", "needs_floor"),
+        ("guest", "needs_floor"),
+        ("viewer", "not_allowed"),
+        ("queued", "not_admitted"),
+    ):
+        with pytest.raises(Refused) as info:
+            rules.check_publish(room, who[key], limits)
+        assert (info.value.code, info.value.reason) == ("forbidden", reason), key
+    m.act(who["host"], A.FLOOR, who["participant"], True)
+    assert rules.check_publish(m.room, who["participant"], limits)
+    # Receiving: only someone who publishes, never oneself, only when admitted.
+    outcome = rules.publishing(m.room, who["host"], True, limits=limits)
+    assert outcome.room.participants[who["host"]].published == 1
+    room = outcome.room
+    assert (
+        rules.publishing(room, who["host"], True, limits=limits)
+        .room.participants[who["host"]]
+        .published
+        == 2
+    )
+    for key in ("moderator", "participant", "guest", "viewer"):
+        assert rules.check_subscribe(room, who[key], who["host"], limits).pid == who["host"]
+    cases = [
+        (who["viewer"], who["moderator"], ("not_found", "no_publisher")),
+        (who["host"], who["host"], ("conflict", "not_on_yourself")),
+        (who["viewer"], who["queued"], ("not_found", "peer_unavailable")),
+        (who["queued"], who["host"], ("forbidden", "not_admitted")),
+        (who["viewer"], "pnobody0000", ("not_found", "peer_unavailable")),
+    ]
+    for pid, source, expected_refusal in cases:
+        with pytest.raises(Refused) as info:
+            rules.check_subscribe(room, pid, source, limits)
+        assert (info.value.code, info.value.reason) == expected_refusal
+    # In a mesh, nobody uses the unit.
+    for check in (
+        lambda: rules.check_publish(room, who["host"], LIMITS),
+        lambda: rules.check_subscribe(room, who["viewer"], who["host"], LIMITS),
+    ):
+        with pytest.raises(Refused) as info:
+            check()
+        assert (info.value.code, info.value.reason) == ("conflict", "sfu_off")
+    # Stopping, being sent back, losing the floor or reloading stops publishing.
+    assert (
+        rules.publishing(room, who["host"], False, limits=limits)
+        .room.participants[who["host"]]
+        .published
+        == 0
+    )
+    m.room = rules.publishing(m.room, who["participant"], True, limits=limits).room
+    m.act(who["host"], A.FLOOR, who["participant"], False)
+    assert m[who["participant"]].published == 0
+    with pytest.raises(Refused):
+        rules.publishing(m.room, who["participant"], True, limits=limits)
+    m.room = rules.publishing(m.room, who["moderator"], True, limits=limits).room
+    m.reconnect(who["moderator"], "user:marek", "ch-new", "another-tab")
+    assert m[who["moderator"]].published == 0
+    assert m.view(who["host"])["participants"][0]["published"] == 0
+
+
+def test_sending_back_stops_publishing():
+    m = Meeting(Kind.CONSULTATION, Limits(force_sfu=True))
+    host = m.join("h", host=True)
+    r = m.join("r")
+    m.act(host, A.ADMIT, r)
+    m.room = rules.publishing(m.room, r, True, limits=m.limits).room
+    assert {p["pid"]: p["published"] for p in m.view(host)["participants"]}[r] == 1
+    m.act(host, A.SEND_BACK, r)
+    assert m[r].published == 0
 
 
 # --- The virtual queue ---------------------------------------------------------------
@@ -959,6 +1127,11 @@ def check_invariants(m: Meeting, arrival: dict[str, int]) -> None:
     assert len(residents) <= m.limits.call_max
     admitted = [p for p in m.room.participants.values() if p.status is Status.ADMITTED]
     assert len(admitted) <= rules.capacity(m.room, m.limits)
+    # Past the mesh's size the call is through the forwarding unit; an empty call is not.
+    if len(admitted) > m.limits.mesh_max:
+        assert m.room.sfu
+    if not admitted:
+        assert not m.room.sfu
     assert (m.room.serving_since is not None) == bool(residents)
     assert all(t >= 0 for t in m.room.service_times)
     hosts = [p for p in m.room.participants.values() if p.role is Role.HOST]
@@ -972,7 +1145,7 @@ def check_invariants(m: Meeting, arrival: dict[str, int]) -> None:
     ops=st.lists(OPS, min_size=5, max_size=50),
 )
 def test_queue_property(kind, call_max, ops):
-    m = Meeting(kind, Limits(call_max=call_max, service_default=100))
+    m = Meeting(kind, Limits(call_max=call_max, service_default=100, mesh_max=2))
     host = m.join("h", host=True)
     arrival = {host: 0}
     channels: dict[str, str] = {host: "ch-h"}

@@ -1,6 +1,14 @@
 // The meeting page: pre-join preview, the virtual queue, the call (a mesh of
-// PeerLinks), chat, the participants and queue panels, moderator controls.
+// PeerLinks, or through the forwarding unit once the room says topology
+// "sfu": sfu.js), chat, the participants and queue panels, moderator controls.
 // Plain ES module, no build step. The server's protocol: signaling/protocol.py.
+//
+// From mesh to the forwarding unit without anyone leaving: when the room
+// switches, we publish and subscribe to everyone who publishes, and keep each
+// direct connection until it carries nothing the unit does not: our copy of
+// their media from the unit is playing, and they told us (sfu_ready) that
+// they receive ours from it too. Then the direct connection closes; the tile
+// never goes black (the unit's video takes the tile's place once it plays).
 //
 // Everything the user reads comes from the page (translated by Django) and
 // every name or message another person typed is put in with textContent:
@@ -8,6 +16,7 @@
 
 import { HubSocket } from "/static/hub/js/realtime.js";
 import { PeerLink } from "./peer.js";
+import { SfuClient } from "./sfu.js";
 
 const config = JSON.parse(document.getElementById("meet-config").textContent);
 const text = JSON.parse(document.getElementById("meet-text").textContent);
@@ -47,7 +56,11 @@ const meeting = {
   room: null,
   status: null,
   iceServers: [],
-  links: new Map(), // pid -> {link, instance, tile}
+  links: new Map(), // pid -> {link, instance, epoch}: direct connections (mesh)
+  tiles: new Map(), // pid -> the tile (li) of another participant
+  sfu: null, // SfuClient while the room's media go through the forwarding unit
+  sfuShown: new Set(), // pids whose tile shows their media from the unit
+  readyFrom: new Set(), // pids who receive us through the unit (sfu_ready)
   instance: crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2),
   stream: new MediaStream(),
   micTrack: null,
@@ -138,7 +151,7 @@ async function startDevices({ audioId, videoId } = {}) {
   applyWanted();
   $("preview").srcObject = meeting.stream;
   await listDevices();
-  for (const { link } of meeting.links.values()) attachLocal(link);
+  attachAll();
 }
 
 async function listDevices() {
@@ -184,6 +197,26 @@ function attachLocal(link) {
   }
   link.setTrack("audio", meeting.micTrack, meeting.stream);
   link.setTrack("video", videoTrack(), meeting.stream);
+}
+
+// Our microphone and camera (or screen) on every connection that sends them.
+function attachAll() {
+  for (const { link } of meeting.links.values()) attachLocal(link);
+  publishSfu();
+}
+
+// Through the unit we publish while we have something to send (the unit ends
+// a publication that sends nothing for a while); same connection, new tracks.
+function publishSfu() {
+  if (!meeting.sfu) return;
+  const tracks = localTracks();
+  if (tracks.audio || tracks.video) meeting.sfu.publish(tracks, meeting.stream);
+  else meeting.sfu.unpublish();
+}
+
+function localTracks() {
+  if (!mayPublish()) return { audio: null, video: null };
+  return { audio: meeting.micTrack, video: videoTrack() };
 }
 
 function mayPublish() {
@@ -321,6 +354,7 @@ async function sendJoin() {
   if (reply.resumed) {
     // Our socket came back; our peer connections may have lost their path too.
     for (const { link } of meeting.links.values()) link.recover();
+    meeting.sfu?.recover();
   }
   sendMedia(true);
 }
@@ -340,6 +374,10 @@ function onServerMessage(message) {
       break;
     case "signal":
       onSignal(message);
+      break;
+    case "sfu_ready":
+      meeting.readyFrom.add(message.from);
+      switchOver();
       break;
     case "notice":
       onNotice(message);
@@ -366,6 +404,8 @@ function finish(message) {
   meeting.hub?.close();
   for (const { link } of meeting.links.values()) link.close();
   meeting.links.clear();
+  meeting.sfu?.close();
+  meeting.sfu = null;
   for (const track of meeting.stream.getTracks()) track.stop();
   meeting.screenTrack?.stop();
   $("ended-message").textContent = message || "";
@@ -393,7 +433,7 @@ function onNotice({ event, detail }) {
       announce(text.muted_video);
     }
     applyWanted();
-    for (const { link } of meeting.links.values()) attachLocal(link);
+    attachAll();
     renderControls();
   }
 }
@@ -424,6 +464,9 @@ function applyRoom(room) {
   }
   applyMutes();
   syncLinks(room.participants);
+  syncSfu(room);
+  renderTiles(room.participants);
+  switchOver();
   keepingFocus(() => {
     renderPeople(room);
     renderHostQueue(room);
@@ -449,7 +492,7 @@ function applyMutes() {
       stopScreen(false);
     }
     applyWanted();
-    for (const { link } of meeting.links.values()) attachLocal(link);
+    attachAll();
   }
 }
 
@@ -465,15 +508,17 @@ function renderQueueTicket(queue) {
   document.title = `(${queue.position}) ${config.title}`;
 }
 
+function sfuOn() {
+  return meeting.status === "admitted" && meeting.room?.topology === "sfu";
+}
+
 function syncLinks(participants) {
   const present = new Map(participants.map((p) => [p.pid, p]));
   for (const [pid, entry] of meeting.links) {
     const other = present.get(pid);
     if (!other || other.instance !== entry.instance) {
       // Gone, or their page was reloaded: that connection is dead.
-      entry.link.close();
-      entry.tile?.remove();
-      meeting.links.delete(pid);
+      closeLink(pid);
     } else if (other.epoch > entry.epoch) {
       // They reconnected: if our connection to them suffered, renegotiate.
       entry.epoch = other.epoch;
@@ -481,16 +526,155 @@ function syncLinks(participants) {
     }
   }
   for (const other of participants) {
+    // Through the forwarding unit, nobody opens a direct connection any more
+    // (those still open stay until the unit carries what they carry).
+    if (sfuOn()) break;
     if (other.pid === meeting.you || meeting.links.has(other.pid)) continue;
     // Someone away cannot answer yet; the link opens when they are back.
     if (!other.connected) continue;
-    // Our own earlier place, if it has not timed out yet.
-    if (other.instance === meeting.instance) continue;
-    if (meeting.room.role === "viewer" && other.role === "viewer") continue;
+    if (!shownTo(other)) continue;
     openLink(other);
   }
   for (const { link } of meeting.links.values()) attachLocal(link);
-  renderTiles(participants);
+}
+
+// Whether another participant is someone we exchange media with.
+function shownTo(other) {
+  if (other.pid === meeting.you) return false;
+  // Our own earlier place, if it has not timed out yet.
+  if (other.instance === meeting.instance) return false;
+  return !(meeting.room.role === "viewer" && other.role === "viewer");
+}
+
+function closeLink(pid) {
+  meeting.links.get(pid)?.link.close();
+  meeting.links.delete(pid);
+  lastStats.delete(pid);
+}
+
+// --- Through the forwarding unit ------------------------------------------------------
+
+function syncSfu(room) {
+  if (!sfuOn()) {
+    if (meeting.sfu) {
+      // Back to a mesh (the unit was switched off): the direct connections open again.
+      meeting.sfu.close();
+      meeting.sfu = null;
+      meeting.sfuShown.clear();
+      meeting.readyFrom.clear();
+    }
+    return;
+  }
+  if (!meeting.sfu) {
+    meeting.sfu = new SfuClient({
+      iceServers: meeting.iceServers,
+      request: (message) => send(message),
+      onStream: onSfuStream,
+      onState: onSfuState,
+    });
+  }
+  publishSfu();
+  const present = new Set();
+  for (const other of room.participants) {
+    if (!shownTo(other) || !other.published) continue;
+    present.add(other.pid);
+    // A new page or a new publication (a media worker replaced): subscribe again.
+    meeting.sfu.subscribe(other.pid, `${other.instance}/${other.published}`);
+  }
+  for (const pid of [...meeting.sfu.subs.keys()]) {
+    if (!present.has(pid)) meeting.sfu.unsubscribe(pid);
+  }
+}
+
+function mainVideo(tile) {
+  return tile.querySelector(".tile__video:not(.tile__video--pending)");
+}
+
+function playing(video) {
+  return Boolean(video) && video.readyState >= 2 && video.videoWidth > 0 && !video.paused;
+}
+
+function showIn(video, stream) {
+  if (video.srcObject === stream) return;
+  video.srcObject = stream;
+  video.play().catch(() => offerPlayButton(video));
+}
+
+// Another participant's media from the unit: shown at once if the tile has
+// nothing playing, else prepared out of sight until it plays (switchOver).
+function onSfuStream(pid, stream) {
+  const tile = meeting.tiles.get(pid);
+  if (!tile) return; // renderTiles shows it when the tile is made
+  const main = mainVideo(tile);
+  const pending = tile.querySelector(".tile__video--pending");
+  if (main.srcObject === stream || pending?.srcObject === stream) return;
+  pending?.remove();
+  if (meeting.sfuShown.has(pid) || !playing(main)) {
+    meeting.sfuShown.add(pid);
+    showIn(main, stream);
+    return;
+  }
+  const next = el("video", {
+    class: "tile__video tile__video--pending",
+    autoplay: true,
+    playsinline: true,
+    "aria-hidden": "true",
+  });
+  next.muted = true; // until it takes the tile's place: no sound twice
+  next.srcObject = stream;
+  main.after(next);
+  next.play().catch(() => {});
+}
+
+function onSfuState(pid, state) {
+  if (pid === null) return;
+  const tile = meeting.tiles.get(pid);
+  if (tile && meeting.sfuShown.has(pid)) {
+    tile.classList.toggle("tile--lost", state === "retrying");
+  }
+  if (state === "connected") switchOver();
+}
+
+// The unit's copy takes the tile's place once it plays (no black gap), and a
+// direct connection closes once neither side needs it (see the top).
+function switchOver() {
+  if (!meeting.sfu) return;
+  const people = new Map((meeting.room?.participants || []).map((p) => [p.pid, p]));
+  for (const [pid, tile] of meeting.tiles) {
+    const pending = tile.querySelector(".tile__video--pending");
+    if (pending && playing(pending)) {
+      mainVideo(tile).remove();
+      pending.classList.remove("tile__video--pending");
+      pending.removeAttribute("aria-hidden");
+      pending.muted = false;
+      pending.play().catch(() => offerPlayButton(pending));
+      meeting.sfuShown.add(pid);
+    }
+  }
+  const weSend = mayPublish() && Boolean(meeting.micTrack || videoTrack());
+  for (const [pid, entry] of meeting.links) {
+    const other = people.get(pid);
+    if (!other) continue;
+    if (!receivedThroughSfu(other)) continue;
+    if (!entry.toldAt || Date.now() - entry.toldAt > 5000) {
+      // Told again now and then: a message can be lost, or they were away.
+      entry.toldAt = Date.now();
+      send({ type: "sfu_ready", to: pid }).catch(() => {});
+    }
+    if (meeting.readyFrom.has(pid) || !weSend) closeLink(pid);
+  }
+}
+
+// Whether the unit brings us everything this participant sends.
+function receivedThroughSfu(other) {
+  if (!other.audio && !other.video && !other.screen) return true;
+  const sub = meeting.sfu?.subs.get(other.pid);
+  if (!sub || !meeting.sfuShown.has(other.pid)) return false;
+  if (other.video || other.screen) {
+    const tile = meeting.tiles.get(other.pid);
+    return Boolean(tile) && playing(mainVideo(tile));
+  }
+  return sub.link.state === "connected";
 }
 
 function openLink(other) {
@@ -500,17 +684,18 @@ function openLink(other) {
     iceServers: meeting.iceServers,
     send: signalSender(other.pid),
     onStream: (stream) => {
-      const entry = meeting.links.get(other.pid);
-      const video = entry?.tile?.querySelector("video");
-      if (video && video.srcObject !== stream) video.srcObject = stream;
-      video?.play().catch(() => offerPlayButton(video));
+      // Once the unit's copy is shown, the direct one is only on its way out.
+      if (meeting.sfuShown.has(other.pid)) return;
+      const tile = meeting.tiles.get(other.pid);
+      if (tile) showIn(mainVideo(tile), stream);
     },
     onState: (state) => {
-      const entry = meeting.links.get(other.pid);
-      entry?.tile?.classList.toggle("tile--lost", state === "failed" || state === "disconnected");
+      if (meeting.sfuShown.has(other.pid)) return;
+      const lost = state === "failed" || state === "disconnected";
+      meeting.tiles.get(other.pid)?.classList.toggle("tile--lost", lost);
     },
   });
-  meeting.links.set(other.pid, { link, instance: other.instance, epoch: other.epoch, tile: null });
+  meeting.links.set(other.pid, { link, instance: other.instance, epoch: other.epoch });
   return link;
 }
 
@@ -555,11 +740,13 @@ function onSignal(message) {
 }
 
 function closeAllLinks() {
-  for (const { link, tile } of meeting.links.values()) {
-    link.close();
-    tile?.remove();
-  }
+  for (const { link } of meeting.links.values()) link.close();
   meeting.links.clear();
+  meeting.sfu?.close();
+  meeting.sfu = null;
+  meeting.sfuShown.clear();
+  meeting.readyFrom.clear();
+  meeting.tiles.clear();
   $("videos").replaceChildren();
 }
 
@@ -591,21 +778,36 @@ function renderTiles(participants) {
   }
   const me = myself();
   own.querySelector(".tile__name").textContent = `${me?.name || ""} (${text.you})`;
+  const present = new Map(participants.map((p) => [p.pid, p]));
+  for (const [pid, old] of meeting.tiles) {
+    const other = present.get(pid);
+    if (!other || other.instance !== old.dataset.instance || !wantsTile(other)) {
+      // Gone, or their page was reloaded: a new tile for the new page.
+      old.remove();
+      meeting.tiles.delete(pid);
+      meeting.sfuShown.delete(pid);
+      meeting.readyFrom.delete(pid);
+    }
+  }
   for (const other of participants) {
-    if (other.pid === meeting.you) continue;
-    const entry = meeting.links.get(other.pid);
-    if (!entry) continue;
-    if (!entry.tile) {
-      entry.tile = tile(other.pid, false);
-      grid.append(entry.tile);
-      if (entry.link.stream.getTracks().length) {
-        const video = entry.tile.querySelector("video");
-        video.srcObject = entry.link.stream;
-        video.play().catch(() => offerPlayButton(video));
+    if (!wantsTile(other)) continue;
+    let box = meeting.tiles.get(other.pid);
+    if (!box) {
+      box = tile(other.pid, false);
+      box.dataset.instance = other.instance;
+      meeting.tiles.set(other.pid, box);
+      grid.append(box);
+      const sub = meeting.sfu?.subs.get(other.pid)?.link;
+      const link = meeting.links.get(other.pid)?.link;
+      if (sub?.stream?.getTracks().length) {
+        meeting.sfuShown.add(other.pid);
+        showIn(mainVideo(box), sub.stream);
+      } else if (link?.stream.getTracks().length) {
+        showIn(mainVideo(box), link.stream);
       }
     }
-    entry.tile.querySelector(".tile__name").textContent = other.name;
-    entry.tile.querySelector(".tile__state").textContent = [
+    box.querySelector(".tile__name").textContent = other.name;
+    box.querySelector(".tile__state").textContent = [
       other.role !== "participant" ? roleLabel(other.role) : "",
       other.hand ? "✋" : "",
       other.audio ? "" : "🔇",
@@ -613,9 +815,17 @@ function renderTiles(participants) {
     ]
       .filter(Boolean)
       .join(" · ");
-    entry.tile.classList.toggle("tile--camera-off", !other.video && !other.screen);
+    box.classList.toggle("tile--camera-off", !other.video && !other.screen);
   }
   grid.dataset.count = String(grid.children.length);
+}
+
+// A tile for everyone we have a connection with, and through the unit for
+// everyone we exchange media with (once seen connected, as in a mesh).
+function wantsTile(other) {
+  if (!shownTo(other)) return false;
+  if (meeting.links.has(other.pid) || meeting.sfu?.subs.has(other.pid)) return true;
+  return sfuOn() && (other.connected || meeting.tiles.has(other.pid));
 }
 
 function tile(pid, self) {
@@ -796,7 +1006,7 @@ async function startScreen() {
   }
   meeting.screenTrack = stream.getVideoTracks()[0];
   meeting.screenTrack.onended = () => stopScreen(true);
-  for (const { link } of meeting.links.values()) attachLocal(link);
+  attachAll();
   renderControls();
   sendMedia();
 }
@@ -805,7 +1015,7 @@ function stopScreen(tell) {
   if (!meeting.screenTrack) return;
   meeting.screenTrack.stop();
   meeting.screenTrack = null;
-  for (const { link } of meeting.links.values()) attachLocal(link);
+  attachAll();
   renderControls();
   if (tell) sendMedia();
 }
@@ -820,7 +1030,7 @@ const controls = {
   camera() {
     meeting.wantVideo = !meeting.wantVideo;
     applyWanted();
-    for (const { link } of meeting.links.values()) attachLocal(link);
+    attachAll();
     renderControls();
     sendMedia();
   },
@@ -947,7 +1157,14 @@ async function measure() {
   let worst = "good";
   let loudest = null;
   let loudestLevel = 0.02;
-  for (const [pid, { link }] of meeting.links) {
+  const connections = [...meeting.links].map(([pid, { link }]) => [pid, link]);
+  if (meeting.sfu) {
+    // Through the unit: our publication (its round trip) and each subscription.
+    if (meeting.sfu.publisher) connections.push(["sfu:", meeting.sfu.publisher]);
+    for (const [pid, { link }] of meeting.sfu.subs) connections.push([`sfu:${pid}`, link]);
+  }
+  for (const [key, link] of connections) {
+    const pid = key.startsWith("sfu:") ? key.slice(4) : key;
     const report = await link.stats();
     if (!report) continue;
     let rtt = null;
@@ -966,8 +1183,8 @@ async function measure() {
         }
       }
     });
-    const previous = lastStats.get(pid) || { lost: 0, received: 0 };
-    lastStats.set(pid, { lost, received });
+    const previous = lastStats.get(key) || { lost: 0, received: 0 };
+    lastStats.set(key, { lost, received });
     const dLost = Math.max(0, lost - previous.lost);
     const dReceived = Math.max(0, received - previous.received);
     const loss = dLost + dReceived > 0 ? dLost / (dLost + dReceived) : 0;
@@ -977,10 +1194,14 @@ async function measure() {
     if (QUALITY[level] > QUALITY[worst]) worst = level;
   }
   if ($("quality").dataset.level !== "offline" || meeting.hub?.state === "open") setQuality(worst);
-  for (const [pid, { tile }] of meeting.links) tile?.classList.toggle("tile--speaking", pid === loudest);
+  for (const [pid, tile] of meeting.tiles) tile.classList.toggle("tile--speaking", pid === loudest);
 }
 
 window.setInterval(() => measure().catch(() => {}), 2000);
+// The switch to the unit also waits for videos to play: look again now and then.
+window.setInterval(() => {
+  if (meeting.sfu && !meeting.over) switchOver();
+}, 500);
 
 // --- Start -----------------------------------------------------------------------
 
