@@ -216,6 +216,11 @@ MEETINGS = {
     # The most people one peer-to-peer (mesh) room holds: every pair sends
     # directly, so a phone uploads its video once per other participant.
     "MESH_MAX": env_int("MEET_MESH_MAX", 8, minimum=2),
+    # Past MESH_MAX the call moves to the forwarding unit (media/sfu) without
+    # anyone leaving, and stays there until it is empty; off: MESH_MAX caps rooms.
+    "SFU": env_bool("MEET_SFU", True),
+    # Every call goes through the forwarding unit from its first participant.
+    "FORCE_SFU": env_bool("MEET_FORCE_SFU", False),
     # A participant whose connection drops keeps their place (and their
     # place in the queue) this long, in seconds.
     "RECONNECT_GRACE": env_float("MEET_RECONNECT_GRACE", 45.0, minimum=5.0),
@@ -347,6 +352,14 @@ MEDIA = {
     # A peer whose ICE/DTLS has not completed after this many seconds is dropped.
     "CONNECT_TIMEOUT": env_float("MEDIA_CONNECT_TIMEOUT", 30.0, minimum=1.0),
     "MAX_SDP_BYTES": env_int("MEDIA_MAX_SDP_BYTES", 32 * 1024, minimum=1024),
+    # A publisher that sent no media for this many seconds is taken for gone
+    # (FFmpeg's WHIP muxer does not answer ICE consent checks, so media is the
+    # publishers' sign of life).
+    "PUBLISHER_IDLE_SECONDS": env_float("MEDIA_PUBLISHER_IDLE_SECONDS", 20.0, minimum=1.0),
+    # The addresses ICE host candidates are gathered on (comma-separated):
+    # those clients can reach, e.g. the media server's public address. Empty:
+    # every address of every interface except loopback.
+    "ICE_ADDRESSES": env_list("MEDIA_ICE_ADDRESSES", []),
     # Worker mode: each media worker announces itself and its load this often
     # (seconds); one silent for WORKER_TTL seconds is taken for dead and its
     # rooms are placed again (keep WORKER_TTL at least twice HEARTBEAT_SECONDS).
