@@ -191,6 +191,8 @@ def hub_processes(redis_url, key_prefix):
         "HUB_ENV": "development",
         "LOG_LEVEL": "WARNING",
         "WS_HEARTBEAT_INTERVAL": "25",
+        # aiortc peers in these processes (the forwarding unit) listen on loopback only
+        "MEDIA_ICE_ADDRESSES": "127.0.0.1",
     }
     processes = Processes(env)
     yield processes
