@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test install lint format bench-fanout bench-meet-signaling bench-meet-join bench-alerts messages clean
+.PHONY: run test install lint format bench-fanout bench-meet-signaling bench-meet-join bench-alerts bench-sfu messages clean
 
 $(PY):
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "Python 3.11 is needed: install python3.11 (Debian 12: apt-get install python3 python3-venv)"; exit 1; }
@@ -57,11 +57,16 @@ bench-meet-join: install
 bench-alerts: install
 	$(PY) -m bench.alerts_delivery $(BENCH_ARGS)
 
+## make bench-sfu: media forwarding, 1 publisher -> K subscribers until frames drop, vs MediaRelay and Janus (bench/sfu.py)
+bench-sfu: install
+	$(PY) -m bench.sfu $(BENCH_ARGS)
+
 ## make messages: refresh and compile the Polish translations
 messages: install
 	cd hub && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
 	cd signaling && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
 	cd alerts && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
+	cd media && ../$(PY) ../manage.py makemessages -l pl && msgfmt --check -o locale/pl/LC_MESSAGES/django.mo locale/pl/LC_MESSAGES/django.po
 
 clean:
 	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache

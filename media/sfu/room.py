@@ -152,7 +152,10 @@ class Sfu:
         if limits is not None and limits.ice_addresses:
             hooks.use_host_addresses(list(limits.ice_addresses))
         self.limits = limits or Limits()
-        self.rtc_config = rtc_config
+        # No STUN server unless asked: aiortc would otherwise ask Google's from
+        # every peer (a municipality's media server tells no third party who
+        # connects; it announces MEDIA_ICE_ADDRESSES instead).
+        self.rtc_config = rtc_config or RTCConfiguration(iceServers=[])
         self.rooms: dict[str, Room] = {}
         self.sessions: dict[str, Session] = {}
         self.on_event: Callable[[str, dict], None] = lambda kind, data: None

@@ -10,6 +10,7 @@ import time
 
 from aiortc import (
     AudioStreamTrack,
+    RTCConfiguration,
     RTCPeerConnection,
     RTCRtpSender,
     RTCSessionDescription,
@@ -18,6 +19,7 @@ from aiortc import (
 from aiortc.mediastreams import MediaStreamError
 from av import VideoFrame
 
+NO_STUN = RTCConfiguration(iceServers=[])  # aiortc's default asks Google's STUN server
 W, H = 320, 240
 BITS = 16
 COLUMN = W // BITS
@@ -73,7 +75,7 @@ class Publisher:
     """An aiortc publisher; counts the keyframes its encoder was asked for."""
 
     def __init__(self, video_codec: str = "video/VP8", audio: bool = True):
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(NO_STUN)
         self.video = CounterTrack()
         self.keyframe_requests = 0
         sender = self.pc.addTrack(self.video)
@@ -104,7 +106,7 @@ class Subscriber:
     """A receive-only peer that decodes what it gets and reads the counters."""
 
     def __init__(self, audio: bool = True):
-        self.pc = RTCPeerConnection()
+        self.pc = RTCPeerConnection(NO_STUN)
         self.pc.addTransceiver("video", direction="recvonly")
         if audio:
             self.pc.addTransceiver("audio", direction="recvonly")

@@ -17,6 +17,7 @@ from django.conf import settings
 from media.models import Stream
 from media.sfu import hooks
 from tests.conftest import url_of_test_database
+from tests.sfu.peers import NO_STUN
 
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
@@ -55,7 +56,7 @@ async def watch(base: str, seconds: float) -> dict:
     # Like a browser, the player must offer H.264 High (libx264's default);
     # aiortc alone offers only the baseline profiles its encoder makes.
     hooks.accept_h264_profiles()
-    pc = RTCPeerConnection()
+    pc = RTCPeerConnection(NO_STUN)
     pc.addTransceiver("video", direction="recvonly")
     pc.addTransceiver("audio", direction="recvonly")
     got = {"video": 0, "audio": 0, "sizes": set(), "first": None}
