@@ -360,6 +360,8 @@ MEDIA = {
     # those clients can reach, e.g. the media server's public address. Empty:
     # every address of every interface except loopback.
     "ICE_ADDRESSES": env_list("MEDIA_ICE_ADDRESSES", []),
+    # Where recordings are written (a directory per stream or meeting).
+    "RECORDINGS_DIR": env_str("MEDIA_RECORDINGS_DIR") or str(BASE_DIR / "var" / "recordings"),
     # Worker mode: each media worker announces itself and its load this often
     # (seconds); one silent for WORKER_TTL seconds is taken for dead and its
     # rooms are placed again (keep WORKER_TTL at least twice HEARTBEAT_SECONDS).

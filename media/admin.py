@@ -8,8 +8,8 @@ class StreamAdmin(admin.ModelAdmin):
     """Streams are made and given keys with ``manage.py media_stream`` (the keys
     are shown once there); the admin lists them and can switch one off."""
 
-    list_display = ("slug", "title", "active", "max_viewers", "created_at")
-    fields = ("slug", "title", "active", "max_viewers")
+    list_display = ("slug", "title", "active", "record", "max_viewers", "created_at")
+    fields = ("slug", "title", "active", "record", "max_viewers")
     readonly_fields = ("slug",)
 
     def has_add_permission(self, request):

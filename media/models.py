@@ -39,6 +39,11 @@ class Stream(models.Model):
     viewer_key_digest = models.CharField(max_length=64, blank=True)
     max_viewers = models.PositiveIntegerField(_("most viewers at once"), default=300)
     active = models.BooleanField(_("active"), default=True)
+    record = models.BooleanField(
+        _("record"),
+        default=False,
+        help_text=_("Every publication is recorded, without re-encoding, from start to end."),
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

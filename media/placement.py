@@ -1,7 +1,7 @@
 """Where a room's media runs: the rules for placing rooms on media workers
-(pure; issue 5, not wired yet).
+(pure; used by media.registry and media.worker).
 
-Each ``python -m media.worker`` process will announce itself and its load
+Each ``python -m media.worker`` process announces itself and its load
 every few seconds (in Redis); a room is served by one worker at a time. The
 rules here decide, from those announcements alone:
 
@@ -13,7 +13,9 @@ rules here decide, from those announcements alone:
 - a room stays where it is while its worker counts, however loaded others
   are (moving a room interrupts everyone in it);
 - the rooms of a worker that stopped counting are orphans: their
-  participants are told to reconnect and the rooms are placed again.
+  participants are told to reconnect and the rooms are placed again;
+- a worker that finds one of its rooms assigned elsewhere (it was taken for
+  dead) ends that room's sessions (fencing).
 """
 
 from __future__ import annotations
@@ -105,3 +107,24 @@ def orphans(
     sorted: their participants reconnect and the rooms are placed again."""
     counting = {w.id for w in workers if counts(w, now=now, ttl=ttl)}
     return sorted(room for room, worker in assignments.items() if worker not in counting)
+
+
+def serving(
+    room: str, assignments: Mapping[str, str], workers: Iterable[Worker], *, now: float, ttl: float
+) -> str | None:
+    """The worker that serves ``room`` now: its assigned worker while that
+    worker counts, else None (nobody: a viewer finds nothing to watch)."""
+    current = assignments.get(room)
+    if current is None:
+        return None
+    for worker in workers:
+        if worker.id == current and counts(worker, now=now, ttl=ttl):
+            return current
+    return None
+
+
+def fenced(worker_id: str, rooms: Iterable[str], assignments: Mapping[str, str]) -> list[str]:
+    """Rooms a worker still serves although they are no longer assigned to
+    it (it was taken for dead, and they were placed again), sorted: it ends
+    their sessions, whose participants were already told to reconnect."""
+    return sorted(room for room in set(rooms) if assignments.get(room) != worker_id)

@@ -41,6 +41,7 @@ import fractions
 import io
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -465,3 +466,16 @@ class Recorder:
         self._container.mux(out)  # rebases out's timestamps to the stream's time base
         self.frames[kind] += 1
         self.duration = max(self.duration, float(at * time_base))
+
+
+_NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,62}(/[A-Za-z0-9][A-Za-z0-9._-]{0,80})*")
+
+
+def recording_path(name: str) -> Path:
+    """Where the recording called *name* (``<stream>/<when>``) is written:
+    inside ``MEDIA["RECORDINGS_DIR"]``, never outside it."""
+    from django.conf import settings
+
+    if not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+        raise ValueError(f"not a recording name: {name!r}")
+    return Path(settings.MEDIA["RECORDINGS_DIR"]) / name

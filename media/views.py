@@ -19,6 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.urls import reverse
+from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
 
 from hub.auth import address_limit_key
@@ -118,7 +119,10 @@ async def _start(request: HttpRequest, slug: str, *, publish: bool) -> HttpRespo
         return _problem(429, "rate", "too many offers from this address", Retry_After="60")
     try:
         if publish:
-            answer = await service.publish(slug, offer, owner=f"whip:{stream.pk}")
+            record_as = f"{slug}/{timezone.now():%Y-%m-%dT%H-%M-%S}" if stream.record else None
+            answer = await service.publish(
+                slug, offer, owner=f"whip:{stream.pk}", record_as=record_as
+            )
             route = "whip-session"
         else:
             answer = await service.subscribe(
@@ -142,11 +146,13 @@ async def _session(request: HttpRequest, slug: str, session: str, *, publish: bo
         return _unauthorized("ending a publication needs the stream's publish key")
     if not publish and not stream.may_view(key):
         return _unauthorized("this stream needs its viewer key as a Bearer token")
-    owner = await service.owner_of(slug, session)
     wanted = f"{'whip' if publish else 'whep'}:{stream.pk}"
-    if owner != wanted:
-        return _problem(404, "no_session", "there is no such session")
-    await service.close(session)
+    try:
+        if await service.owner_of(slug, session) != wanted:
+            return _problem(404, "no_session", "there is no such session")
+        await service.close(session)
+    except MediaError as error:  # the worker mode's media plane is unreachable
+        return _refused(error)
     return HttpResponse(status=200)
 
 

@@ -6,7 +6,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from media.placement import NoCapacity, Worker, choose, counts, orphans, place
+from media.placement import (
+    NoCapacity,
+    Worker,
+    choose,
+    counts,
+    fenced,
+    orphans,
+    place,
+    serving,
+)
 
 NOW = 1_000_000.0
 TTL = 10.0
@@ -72,6 +81,21 @@ def test_orphans_are_the_rooms_of_workers_that_no_longer_count():
     workers = [w("a", age=30), w("b"), w("c", draining=True)]
     assignments = {"r3": "a", "r1": "b", "r2": "c", "r4": "unknown"}
     assert orphans(assignments, workers, now=NOW, ttl=TTL) == ["r2", "r3", "r4"]
+
+
+def test_a_room_is_served_by_its_worker_only_while_that_worker_counts():
+    workers = [w("a"), w("b", age=30), w("c", draining=True)]
+    assignments = {"r1": "a", "r2": "b", "r3": "c", "r4": "gone"}
+    assert serving("r1", assignments, workers, now=NOW, ttl=TTL) == "a"
+    for room in ("r2", "r3", "r4", "unassigned"):
+        assert serving(room, assignments, workers, now=NOW, ttl=TTL) is None
+
+
+def test_a_worker_ends_the_rooms_that_were_placed_elsewhere_or_released():
+    assignments = {"r1": "a", "r2": "b"}
+    assert fenced("a", ["r1", "r2", "r3", "r1"], assignments) == ["r2", "r3"]
+    assert fenced("a", [], assignments) == []
+    assert fenced("b", ["r2"], assignments) == []
 
 
 workers_strategy = st.lists(

@@ -339,6 +339,33 @@ class Sfu:
         )
         return pc.localDescription.sdp
 
+    def _publication(self, room_name: str, source_owner: str) -> Session:
+        room = self.rooms.get(room_name)
+        for session in room.publishers if room else []:
+            if session.owner == source_owner:
+                return session
+        raise NotFound("no_publisher", "that participant publishes nothing")
+
+    async def record(self, room_name: str, source_owner: str, path: Path | str) -> None:
+        """Start recording a publication already under way (at once if it is
+        connected, else when it connects); a second call changes nothing."""
+        session = self._publication(room_name, source_owner)
+        if session.record_to is not None:
+            return
+        session.record_to = Path(path)
+        if session.connected:
+            await self._record(session)
+
+    async def stop_recording(self, room_name: str, source_owner: str) -> str | None:
+        """Finish a publication's recording; the file's path (None: nothing recorded)."""
+        session = self._publication(room_name, source_owner)
+        recorder, session.recorder, session.record_to = session.recorder, None, None
+        if recorder is None:
+            return None
+        path = await recorder.stop()
+        self.on_event("recorded", {"room": session.room, "path": str(path) if path else None})
+        return str(path) if path else None
+
     async def _record(self, session: Session) -> None:
         try:
             session.recorder = Recorder(session.forwarders, session.record_to)
@@ -377,7 +404,8 @@ class Sfu:
 
     async def _discard(self, session: Session) -> None:
         if session.recorder is not None:
-            path = await session.recorder.stop()
+            recorder, session.recorder = session.recorder, None
+            path = await recorder.stop()
             self.on_event("recorded", {"room": session.room, "path": str(path) if path else None})
         room = self.rooms.get(session.room)
         if room is not None and not room.sessions:

@@ -228,3 +228,32 @@ def test_the_stream_command_prints_keys_once_and_rotates_them(capsys):
     assert not stream.may_publish(made["publish_key"])
     assert stream.may_publish(rotated["publish_key"])
     assert stream.may_view(rotated["viewer_key"]) and not stream.may_view(None)
+
+
+async def test_a_stream_set_to_record_is_recorded_from_publish_to_delete(settings, tmp_path):
+    settings.MEDIA = {**settings.MEDIA, "RECORDINGS_DIR": str(tmp_path)}
+    made = Stream(slug="rada-nagrana", title="Sesja", record=True)
+    key, _ = made.set_keys()
+    await made.asave()
+    client = AsyncClient()
+    publisher = Publisher()
+    response = await post_offer(client, "/whip/rada-nagrana", await publisher.offer(), key)
+    assert response.status_code == 201
+    await publisher.answer(response.content.decode())
+    session = next(iter(service.local_sfu().sessions.values()))
+    assert await wait_for(lambda: session.recorder and session.recorder.video_frames >= 30, 15)
+    response = await client.delete(response["Location"], headers=bearer(key))
+    assert response.status_code == 200
+    [recording] = (tmp_path / "rada-nagrana").glob("*.webm")
+    assert recording.stat().st_size > 10_000
+    assert not list(tmp_path.rglob("*.part"))
+    await publisher.pc.close()
+
+
+async def test_recording_names_stay_inside_the_recordings_directory():
+    from media.sfu.room import MediaError
+
+    for name in ("../etc/x", "/abs", "a/../../b", "Rada/x", ""):
+        with pytest.raises(MediaError) as refused:
+            await service.publish("rada", "v=0", owner="o", record_as=name)
+        assert refused.value.reason == "recording_name"

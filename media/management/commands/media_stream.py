@@ -22,6 +22,7 @@ class Command(BaseCommand):
         create.add_argument("--title", required=True)
         create.add_argument("--private", action="store_true", help="viewers need a key")
         create.add_argument("--max-viewers", type=int, default=300)
+        create.add_argument("--record", action="store_true", help="record every publication")
         rotate = sub.add_parser("rotate")
         rotate.add_argument("slug")
         rotate.add_argument("--private", action="store_true")
@@ -35,7 +36,10 @@ class Command(BaseCommand):
             return
         if action == "create":
             stream = Stream(
-                slug=options["slug"], title=options["title"], max_viewers=options["max_viewers"]
+                slug=options["slug"],
+                title=options["title"],
+                max_viewers=options["max_viewers"],
+                record=options["record"],
             )
         else:
             stream = Stream.objects.filter(slug=options["slug"]).first()
