@@ -134,6 +134,31 @@ async def tell_reconnect(room: str, worker: str | None, reason: str = "worker_lo
         log.exception("could not announce media.reconnect for room %s", room)
 
 
+def forward_events(sfu) -> None:
+    """Publish what a forwarding unit tells about its rooms on each room's
+    topic: ``media.speaker`` (the active speaker, from RFC 6464 levels),
+    ``media.published`` / ``media.unpublished``, ``media.recording`` /
+    ``media.recorded``. Best effort: a lost event loses no media."""
+    from hub.events import apublish
+
+    tasks: set[asyncio.Task] = set()
+
+    async def send(kind: str, data: dict) -> None:
+        try:
+            await apublish(room_topic(data["room"]), f"media.{kind}", data)
+        except Exception:
+            log.warning("could not publish media.%s for room %s", kind, data.get("room"))
+
+    def on_event(kind: str, data: dict) -> None:
+        if "room" not in data:
+            return
+        task = asyncio.ensure_future(send(kind, data))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    sfu.on_event = on_event
+
+
 # --- Redis state -----------------------------------------------------------------
 
 

@@ -32,6 +32,7 @@ from media.registry import (
     Moved,
     Unavailable,
     decode_error,
+    forward_events,
     get_registry,
     session_id,
     split_session,
@@ -62,6 +63,7 @@ def local_sfu() -> Sfu:
     global _local
     if _local is None:
         _local = Sfu(limits())
+        forward_events(_local)
     return _local
 
 

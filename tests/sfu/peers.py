@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import math
 import random
 import time
 
@@ -71,10 +72,25 @@ def read_counter(frame: VideoFrame) -> int:
     return value
 
 
+class ToneTrack(AudioStreamTrack):
+    """A loud 440 Hz tone (the silence aiortc's AudioStreamTrack sends has no speaker)."""
+
+    async def recv(self):
+        frame = await super().recv()
+        samples = frame.samples
+        start = frame.pts or 0
+        tone = bytearray()
+        for i in range(samples):
+            value = int(12000 * math.sin(2 * math.pi * 440 * (start + i) / frame.sample_rate))
+            tone += value.to_bytes(2, "little", signed=True)
+        frame.planes[0].update(bytes(tone) * len(frame.layout.channels))
+        return frame
+
+
 class Publisher:
     """An aiortc publisher; counts the keyframes its encoder was asked for."""
 
-    def __init__(self, video_codec: str = "video/VP8", audio: bool = True):
+    def __init__(self, video_codec: str = "video/VP8", audio: bool = True, tone: bool = False):
         self.pc = RTCPeerConnection(NO_STUN)
         self.video = CounterTrack()
         self.keyframe_requests = 0
@@ -92,7 +108,7 @@ class Publisher:
 
         sender._send_keyframe = counting
         if audio:
-            self.pc.addTrack(AudioStreamTrack())
+            self.pc.addTrack(ToneTrack() if tone else AudioStreamTrack())
 
     async def offer(self) -> str:
         await self.pc.setLocalDescription(await self.pc.createOffer())

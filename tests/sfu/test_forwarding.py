@@ -275,3 +275,30 @@ async def test_no_decoder_thread_is_left_running_for_a_publisher(sfu):
     assert decoders == ["video-decoder"]
     await publisher.pc.close()
     await subscriber.close()
+
+
+async def test_the_active_speaker_is_told_on_the_rooms_topic():
+    """From the RFC 6464 levels the publisher's packets carry: nothing decoded."""
+    from hub.bus import get_bus
+    from media.registry import forward_events, room_topic
+
+    unit = Sfu()
+    forward_events(unit)
+    told: list[str] = []
+    speaker = asyncio.Event()
+
+    def listener(topic: str, seq: int, frame: str) -> None:
+        if '"media.speaker"' in frame:
+            told.append(frame)
+            speaker.set()
+
+    await get_bus().listen(room_topic("narada"), listener)
+    quiet = await publish(unit, "narada", audio=True)
+    loud = Publisher(audio=True, tone=True)
+    session, answer = await unit.publish("narada", await loud.offer(), owner="l", exclusive=False)
+    await loud.answer(answer)
+    await asyncio.wait_for(speaker.wait(), 10)
+    assert session.id in told[0]
+    await unit.close_all()
+    await quiet.pc.close()
+    await loud.pc.close()
