@@ -367,6 +367,9 @@ MEDIA = {
     # rooms are placed again (keep WORKER_TTL at least twice HEARTBEAT_SECONDS).
     "HEARTBEAT_SECONDS": env_float("MEDIA_HEARTBEAT_SECONDS", 1.0, minimum=0.05),
     "WORKER_TTL": env_float("MEDIA_WORKER_TTL", 4.0, minimum=0.2),
+    # Touched by a media worker on every heartbeat Redis took (its container
+    # healthcheck checks the age); empty: none.
+    "HEARTBEAT_FILE": env_str("MEDIA_HEARTBEAT_FILE", ""),
     # How long the web side waits for a media worker's answer (then 503).
     "RPC_TIMEOUT": env_float("MEDIA_RPC_TIMEOUT", 10.0, minimum=0.1),
     # WHIP/WHEP offers one client address may post per minute.

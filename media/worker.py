@@ -20,7 +20,9 @@ session starts or ends, so placement sees fresh load):
 - it **fences**: a room it still serves that is no longer assigned to it (it
   was taken for dead: Redis unreachable, a stalled loop) has its sessions
   ended here, so a stream never has two live publishers;
-- rooms that emptied lose their assignment.
+- rooms that emptied lose their assignment;
+- it touches ``MEDIA["HEARTBEAT_FILE"]`` (if set) once Redis took the
+  announcement: a container healthcheck checks the file's age.
 
 Requests come over the channel layer on ``media.worker.<id>``::
 
@@ -62,6 +64,7 @@ import secrets
 import signal
 import socket
 import time
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
@@ -72,6 +75,7 @@ from media.registry import (
     Moved,
     Registry,
     encode_error,
+    forward_events,
     tell_reconnect,
     worker_channel,
 )
@@ -101,9 +105,11 @@ class MediaWorker:
         self.id = worker_id or new_worker_id()
         self.channel = worker_channel(self.id)
         self.heartbeat = conf["HEARTBEAT_SECONDS"]
+        self.heartbeat_file = conf.get("HEARTBEAT_FILE") or ""
         self.registry = registry or Registry.from_settings()
         self._layer = layer
         self.sfu = sfu or Sfu(limits())
+        forward_events(self.sfu)  # speaker, published, recording… on the rooms' topics
         self.draining = False
         self.served: set[str] = set()  # rooms assigned to this worker by its requests
         self.busy: collections.Counter[str] = collections.Counter()  # requests in hand
@@ -227,6 +233,10 @@ class MediaWorker:
                 if time.monotonic() >= due:
                     due = time.monotonic() + self.heartbeat
                     await self.reconcile()
+                if self.heartbeat_file:
+                    # Alive for the container's healthcheck: Redis took the
+                    # announcement (and the sweep, when one was due).
+                    await asyncio.to_thread(Path(self.heartbeat_file).touch)
                 if failing:
                     log.info("media worker %s: Redis answers again", self.id)
                 failing = False
@@ -437,12 +447,18 @@ def _stopping(worker: MediaWorker) -> bool:
     return worker.draining or (task is not None and task.cancelling() > 0)
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of ``python -m media.worker`` (no Django needed)."""
     parser = argparse.ArgumentParser(
         prog="python -m media.worker",
         description="A media worker: forwards the WebRTC media of the rooms placed on it.",
     )
     parser.add_argument("--id", help="this worker's id ([a-z0-9-], at most 40; random if not set)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "hub.settings")
     import django

@@ -6,6 +6,8 @@ to: every command a container runs is a real command that accepts its options,
 nginx's upstreams are the compose services on the ports those services listen
 on, every variable is documented, and the real nginx binary both accepts the
 configuration (``nginx -t``) and routes requests as intended to stub upstreams.
+The media workers run in the host's network; one is started here with the
+environment compose gives it (on this machine's Redis and loopback address).
 docker/nginx.conf is a template (one placeholder, TRUSTED_PROXY) that the nginx image
 renders at start; the tests render it the same way first.
 """
@@ -15,11 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import ipaddress
 import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -53,6 +57,8 @@ REQUIRED_SERVICES = {
     "migrate",
     "nginx",
     "coturn",
+    "media1",
+    "media2",
 }
 PRIVATE_NETWORKS = {"127.0.0.1", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16"}
 # The one variable the nginx image substitutes into docker/nginx.conf.
@@ -63,6 +69,15 @@ NGINX_PLACEHOLDER = re.compile(r"\$(?:\{TRUSTED_PROXY\}|TRUSTED_PROXY\b)")
 # which catches a misspelt variable that would be silently ignored. (TURN_SECRET
 # was here until hub/settings.py read it for signaling.turn's credentials.)
 READ_LATER: dict[str, str] = {}
+# What the media workers' environment (x-media-env) changes in or adds to the
+# hub's (x-hub-env), and why; nothing else may differ. Each is documented in
+# docker/.env.example like every other variable.
+MEDIA_ENV_OVERRIDES = {
+    "REDIS_URL": "they run in the host's network: Redis on the host's loopback",
+    "MEDIA_ICE_ADDRESSES": "the host's public address (MEDIA_PUBLIC_IP) for ICE",
+    "MEDIA_RECORDINGS_DIR": "the recordings volume mounted there",
+}
+MEDIA_WORKER_ARGV = ["python", "-m", "media.worker"]
 NGINX_MISSING = (
     "nginx is not installed: `apt-get install nginx-light`. These tests run the real "
     "nginx against docker/nginx.conf and fail rather than skip without it."
@@ -106,6 +121,26 @@ def is_daphne(argv: list[str]) -> bool:
 
 def is_manage_py(argv: list[str]) -> bool:
     return argv[:2] == ["python", "manage.py"] and len(argv) >= 3
+
+
+def is_media_worker(argv: list[str]) -> bool:
+    return argv[:3] == MEDIA_WORKER_ARGV
+
+
+MEDIA_WORKERS = sorted(n for n in HUB_SERVICES if is_media_worker(service_argv(n)))
+
+
+def hub_env_names() -> set[str]:
+    """Every variable compose gives any process running the hub's code."""
+    return {name for svc in HUB_SERVICES for name in SERVICES[svc].get("environment") or {}}
+
+
+def duration(value: str | int) -> float:
+    """A compose duration (``30s``, ``1m30s``, ``500ms``) in seconds."""
+    units = {"us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(us|ms|s|m|h)", str(value))
+    assert parts and "".join(n + u for n, u in parts) == str(value), f"not a duration: {value}"
+    return sum(float(n) * units[u] for n, u in parts)
 
 
 def option_value(argv: list[str], *names: str) -> str | None:
@@ -381,14 +416,20 @@ def test_hub_services_share_one_image_and_environment():
         "broadcast2",
         "alerts1",
         "alerts2",
+        "media1",
+        "media2",
         "migrate",
     }
+    assert MEDIA_WORKERS == ["media1", "media2"]
     hub_env = COMPOSE["x-hub-env"]
     for name in HUB_SERVICES:
         service = SERVICES[name]
         assert service["build"] == {"context": "..", "dockerfile": "docker/Dockerfile"}, name
         assert service["image"] == SERVICES["web1"]["image"], name
-        assert service["environment"] == hub_env, f"{name} must use the x-hub-env block"
+        if name in MEDIA_WORKERS:
+            assert service["environment"] == COMPOSE["x-media-env"], f"{name}: x-media-env"
+        else:
+            assert service["environment"] == hub_env, f"{name} must use the x-hub-env block"
     build = SERVICES["web1"]["build"]
     assert (DOCKER / build["context"]).resolve() == REPO
     assert (REPO / build["dockerfile"]).is_file()
@@ -399,7 +440,9 @@ def test_hub_processes_wait_for_migrations_and_services():
     assert service_argv("migrate") == ["python", "manage.py", "migrate", "--noinput"]
     assert migrate["restart"] == "no", "migrate is one-shot: a restart policy would loop it"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    for name in ("web1", "web2", "broadcast1", "broadcast2", "alerts1", "alerts2"):
+    waiting = [name for name in HUB_SERVICES if name != "migrate"]
+    assert {"web1", "broadcast1", "alerts1", "media1", "media2"} <= set(waiting)
+    for name in waiting:
         depends_on = SERVICES[name]["depends_on"]
         assert depends_on["migrate"]["condition"] == "service_completed_successfully", name
         assert depends_on["postgres"]["condition"] == "service_healthy", name
@@ -424,6 +467,97 @@ def test_database_and_redis_urls_point_at_the_compose_services():
     assert interpolated_names(password) == interpolated_names(postgres_env["POSTGRES_PASSWORD"])
     assert database == postgres_env["POSTGRES_DB"]
     assert re.fullmatch(r"redis://redis:6379/\d+", hub_env["REDIS_URL"])
+
+
+# --- Media workers: the host's network, Redis on its loopback ---------------------------
+
+
+def test_media_workers_environment_is_the_hubs_plus_the_documented_overrides():
+    hub_env, media_env = COMPOSE["x-hub-env"], COMPOSE["x-media-env"]
+    assert set(hub_env) <= set(media_env), "the media workers must get all of the hub's env"
+    changed = {name for name, value in media_env.items() if hub_env.get(name) != value}
+    assert changed == set(MEDIA_ENV_OVERRIDES)
+    for name in MEDIA_WORKERS:
+        assert SERVICES[name]["environment"] == media_env, name
+    # Written once, as a YAML merge of x-hub-env: not a copy that could drift.
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    block = re.search(r"(?m)^x-media-env: &media-env\n((?:  .*\n)+)", text)
+    assert block and block.group(1).startswith("  <<: *hub-env\n"), "x-media-env: merge"
+    for override in MEDIA_ENV_OVERRIDES:
+        assert len(re.findall(rf"(?m)^  {override}:", block.group(1))) == 1, override
+    assert text.count("*media-env") == 1, "one template (x-media-service) uses it"
+    # The worker never opens the database (the run below proves it): the hub's
+    # DATABASE_URL stays, unresolvable in the host's network but parseable.
+    assert media_env["DATABASE_URL"] == hub_env["DATABASE_URL"]
+
+
+def test_media_workers_reach_redis_on_the_hosts_loopback_only():
+    hub_env, media_env = COMPOSE["x-hub-env"], COMPOSE["x-media-env"]
+    published = [str(p) for p in SERVICES["redis"].get("ports", [])]
+    assert len(published) == 1, published
+    match = re.fullmatch(r"127\.0\.0\.1:(\d+):6379", published[0])
+    assert match, f"redis must be published on the host's loopback only, not {published[0]}"
+    database = hub_env["REDIS_URL"].rsplit("/", 1)[1]
+    # The same Redis database as the web processes, through the published port.
+    assert media_env["REDIS_URL"] == f"redis://127.0.0.1:{match.group(1)}/{database}"
+    assert "ports" not in SERVICES["postgres"], "nothing outside the compose network needs it"
+
+
+def test_media_workers_run_in_the_hosts_network_on_its_public_address():
+    substituted = substitute(COMPOSE["x-media-env"]["MEDIA_ICE_ADDRESSES"], compose_env())
+    for name in MEDIA_WORKERS:
+        service = SERVICES[name]
+        assert service["network_mode"] == "host", name
+        # Compose refuses published ports beside host networking; none are needed.
+        assert "ports" not in service and "networks" not in service, name
+        env = service["environment"]
+        assert interpolated_names(env["MEDIA_ICE_ADDRESSES"]) == {"MEDIA_PUBLIC_IP"}, name
+        assert required_names(env["MEDIA_ICE_ADDRESSES"]) == {"MEDIA_PUBLIC_IP"}, name
+    addresses = [a.strip() for a in substituted.split(",")]
+    assert all(ipaddress.ip_address(a) for a in addresses), substituted
+    # No other service shares the host's network.
+    assert {n for n, s in SERVICES.items() if s.get("network_mode") == "host"} == set(MEDIA_WORKERS)
+
+
+def compose_env() -> dict[str, str]:
+    """docker/.env as an operator makes it: .env.example with the secrets filled in."""
+    assigned, _ = env_example()
+    return {
+        **assigned,
+        **dict.fromkeys(("SECRET_KEY", "POSTGRES_PASSWORD", "TURN_SECRET"), "0a" * 32),
+    }
+
+
+def test_media_workers_have_time_to_drain_on_sigterm():
+    """On SIGTERM a worker tells its rooms to reconnect, closes its peers and
+    withdraws from Redis (then waits up to 5 s for its tasks): Docker's default
+    10 s before SIGKILL is too short for that under load."""
+    for name in MEDIA_WORKERS:
+        service = SERVICES[name]
+        assert service.get("stop_signal", "SIGTERM") == "SIGTERM", name
+        assert duration(service["stop_grace_period"]) >= 20, name
+        assert service["restart"] == "unless-stopped", name
+
+
+def test_media_recordings_land_on_a_volume_the_worker_can_write():
+    targets = set()
+    for name in MEDIA_WORKERS:
+        directory = SERVICES[name]["environment"]["MEDIA_RECORDINGS_DIR"]
+        mounts = dict(reversed(v.split(":")[:2]) for v in SERVICES[name].get("volumes", []))
+        assert directory in mounts, f"{name}: nothing mounted at {directory}"
+        assert mounts[directory] in (COMPOSE.get("volumes") or {}), "a named volume"
+        targets.add((mounts[directory], directory))
+    assert len(targets) == 1, "every worker writes to the same recordings volume"
+    # Docker fills a new named volume from the image's directory, ownership
+    # included: the image must create it for the user the workers run as.
+    user = [i.value for i in dockerfile_instructions() if i.keyword == "USER"][-1]
+    ((_volume, directory),) = targets
+    runs = [i.value for i in dockerfile_instructions() if i.keyword == "RUN"]
+    assert any(
+        re.search(rf"mkdir -p [^&]*{re.escape(directory)}(\s|$)", run)
+        and re.search(rf"chown {user}:\S+ [^&]*{re.escape(directory)}(\s|$)", run)
+        for run in runs
+    ), f"the Dockerfile must create {directory} owned by {user}"
 
 
 # --- Commands: every container runs something that exists and takes its options -----
@@ -485,10 +619,99 @@ def test_daphne_services_run_the_hub_application(name):
     check_daphne_argv(service_argv(name), name)
 
 
+@pytest.mark.integration
+@pytest.mark.timeout(120)
+def test_a_media_worker_runs_with_the_compose_environment_and_no_database(
+    tmp_path, redis_url, key_prefix
+):
+    """media1's command with media1's environment (docker/.env made from
+    .env.example), this machine standing in for the host: its Redis and its
+    loopback address, files under tmp_path, and a database nobody answers on.
+    The worker starts in production settings, touches its heartbeat file once
+    Redis took its announcement (the healthcheck passes), and on SIGTERM drains
+    and exits 0, well within its stop_grace_period, never touching PostgreSQL."""
+    import dj_database_url
+
+    name = "media1"
+    env = {
+        key: substitute(str(value), compose_env())
+        for key, value in SERVICES[name]["environment"].items()
+    }
+    assert dj_database_url.parse(env["DATABASE_URL"])["HOST"] == "postgres"
+    heartbeat = tmp_path / "alive"
+    env.update(
+        {
+            "REDIS_URL": redis_url,
+            "REDIS_PREFIX": key_prefix,
+            "MEDIA_ICE_ADDRESSES": "127.0.0.1",
+            "MEDIA_HEARTBEAT_FILE": str(heartbeat),
+            "MEDIA_RECORDINGS_DIR": str(tmp_path / "recordings"),
+            # Port 9 (discard): a connection attempt would fail loudly.
+            "DATABASE_URL": "postgres://egmina:x@127.0.0.1:9/egmina",
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        }
+    )
+    argv = [sys.executable, *service_argv(name)[1:]]  # the image's python: this one
+    probe = as_argv(SERVICES[name]["healthcheck"]["test"])[3].replace(
+        COMPOSE["x-media-env"]["MEDIA_HEARTBEAT_FILE"], str(heartbeat)
+    )
+    proc = subprocess.Popen(
+        argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not heartbeat.exists():
+            assert proc.poll() is None, f"the worker exited: {proc.communicate()[0]}"
+            assert time.monotonic() < deadline, "no heartbeat within 60 s"
+            time.sleep(0.1)
+        assert subprocess.run([sys.executable, "-c", probe], timeout=30).returncode == 0
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=duration(SERVICES[name]["stop_grace_period"]))
+        drained = time.monotonic() - started
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, output
+    assert drained < duration(SERVICES[name]["stop_grace_period"]) / 3, drained
+    assert "media worker media1 started" in output and "media worker media1 stopped" in output
+    assert "Traceback" not in output and "OperationalError" not in output, output
+
+
+@pytest.mark.parametrize("name", MEDIA_WORKERS)
+def test_media_workers_run_the_worker_with_arguments_it_accepts(name):
+    from media.registry import WORKER_ID_RE
+    from media.worker import build_parser
+
+    argv = service_argv(name)
+    assert is_media_worker(argv), argv
+    module = importlib.import_module("media.worker")
+    assert callable(module.main)
+    source = Path(module.__file__).read_text(encoding="utf-8")
+    assert 'if __name__ == "__main__":\n    main()' in source, "python -m must run main()"
+    try:
+        args = build_parser().parse_args(argv[3:])
+    except SystemExit:
+        pytest.fail(f"{name}: python -m media.worker rejects {argv[3:]}")
+    assert args.id is None or WORKER_ID_RE.match(args.id), f"{name}: bad --id {args.id}"
+
+
+def test_media_worker_ids_are_distinct():
+    """A worker refuses to start under an id a live worker has."""
+    from media.worker import build_parser
+
+    ids = [build_parser().parse_args(service_argv(n)[3:]).id for n in MEDIA_WORKERS]
+    fixed = [i for i in ids if i is not None]
+    assert len(fixed) == len(set(fixed)), ids
+
+
 def test_every_hub_service_command_is_checked():
     for name in HUB_SERVICES:
         argv = service_argv(name)
-        assert is_daphne(argv) or is_manage_py(argv), f"{name}: unchecked command {argv}"
+        assert is_daphne(argv) or is_manage_py(argv) or is_media_worker(argv), (
+            f"{name}: unchecked command {argv}"
+        )
 
 
 # --- Dockerfile ----------------------------------------------------------------------
@@ -627,12 +850,21 @@ def is_alerts_worker(name: str) -> bool:
     return service_argv(name)[:3] == ["python", "manage.py", "alerts_worker"]
 
 
+def heartbeat_variable(name: str) -> str | None:
+    """The file a worker without a port touches to show it is alive, by its variable."""
+    if is_alerts_worker(name):
+        return "ALERTS_HEARTBEAT_FILE"
+    if is_media_worker(service_argv(name)):
+        return "MEDIA_HEARTBEAT_FILE"
+    return None
+
+
 @pytest.mark.parametrize(
     "name",
     [
         n
         for n in HUB_SERVICES
-        if SERVICES[n].get("healthcheck", {}).get("test") and not is_alerts_worker(n)
+        if SERVICES[n].get("healthcheck", {}).get("test") and not heartbeat_variable(n)
     ],
 )
 def test_compose_healthchecks_probe_their_own_port(name):
@@ -645,16 +877,21 @@ def test_compose_healthchecks_probe_their_own_port(name):
     assert not passed
 
 
-@pytest.mark.parametrize("name", [n for n in HUB_SERVICES if is_alerts_worker(n)])
-def test_the_alerts_workers_probe_passes_on_a_fresh_heartbeat_and_fails_on_a_stale_one(
-    name, tmp_path
-):
+@pytest.mark.parametrize("name", [n for n in HUB_SERVICES if heartbeat_variable(n)])
+def test_the_workers_probe_passes_on_a_fresh_heartbeat_and_fails_on_a_stale_one(name, tmp_path):
+    """The alerts and media workers listen on no port: each touches the file its
+    environment names, and the probe checks the file's age."""
     argv = as_argv(SERVICES[name]["healthcheck"]["test"])
     assert argv[:3] == ["CMD", "python", "-c"]
-    heartbeat = COMPOSE["x-hub-env"]["ALERTS_HEARTBEAT_FILE"]
+    heartbeat = SERVICES[name]["environment"][heartbeat_variable(name)]
+    # /tmp: the one place user hub may write in the image (the code is root's).
+    assert heartbeat.startswith("/tmp/") and heartbeat in argv[3], name
     probe = argv[3].replace(heartbeat, str(tmp_path / "alive"))
     assert subprocess.run([sys.executable, "-c", probe]).returncode != 0  # no file yet
     (tmp_path / "alive").touch()
+    assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
+    late = time.time() - 10  # a slow loop or a Redis hiccup is no reason to restart
+    os.utime(tmp_path / "alive", (late, late))
     assert subprocess.run([sys.executable, "-c", probe]).returncode == 0
     old = time.time() - 120
     os.utime(tmp_path / "alive", (old, old))
@@ -667,10 +904,10 @@ def test_every_hub_service_has_a_working_healthcheck():
         healthcheck = SERVICES[name].get("healthcheck")
         if name == "migrate":
             assert healthcheck == {"disable": True}
-        elif service_argv(name)[:3] == ["python", "manage.py", "alerts_worker"]:
+        elif heartbeat_variable(name):
             # No port: the worker touches a file every loop; the probe checks its age.
             probe = " ".join(as_argv(healthcheck["test"]))
-            heartbeat = COMPOSE["x-hub-env"]["ALERTS_HEARTBEAT_FILE"]
+            heartbeat = SERVICES[name]["environment"][heartbeat_variable(name)]
             assert heartbeat in probe and "getmtime" in probe, probe
         elif listen_port(name) != 8000:
             assert healthcheck and healthcheck.get("test"), f"{name} listens on {listen_port(name)}"
@@ -1200,13 +1437,15 @@ def test_coturn_publishes_its_listening_port_and_relay_range():
 def test_every_variable_given_to_the_hub_is_documented():
     assigned, mentioned = env_example()
     documented = set(assigned) | mentioned
-    # All of them, not only those the code reads now (a superset of that).
-    undocumented = sorted(set(COMPOSE["x-hub-env"]) - documented)
+    # All of them, not only those the code reads now (a superset of that), for
+    # every process: x-hub-env and the media workers' overrides.
+    assert set(COMPOSE["x-hub-env"]) | set(MEDIA_ENV_OVERRIDES) <= hub_env_names()
+    undocumented = sorted(hub_env_names() - documented)
     assert not undocumented, f"not in docker/.env.example: {undocumented}"
 
 
 def test_every_variable_given_to_the_hub_is_read_by_the_hub():
-    unread = sorted(set(COMPOSE["x-hub-env"]) - env_vars_read_by_hub() - set(READ_LATER))
+    unread = sorted(hub_env_names() - env_vars_read_by_hub() - set(READ_LATER))
     assert not unread, (
         f"compose sets {unread} for the hub, but no code reads them "
         "(misspelt, or the code that reads them is not written yet)"
