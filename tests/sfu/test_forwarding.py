@@ -38,6 +38,17 @@ async def sfu():
     await unit.close_all()
 
 
+@pytest.fixture
+async def flowing(sfu):
+    """A video-only publisher and one subscriber, frames arriving."""
+    publisher = await publish(sfu, audio=False)
+    subscriber = await subscribe(sfu, audio=False)
+    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    yield publisher, subscriber
+    await publisher.pc.close()
+    await subscriber.close()
+
+
 async def test_three_subscribers_get_every_frame_in_order_without_server_decoding(sfu, monkeypatch):
     decoded = []
     import aiortc.rtcrtpreceiver as receiver_module
@@ -67,24 +78,18 @@ async def test_three_subscribers_get_every_frame_in_order_without_server_decodin
         await subscriber.close()
 
 
-async def test_a_subscribers_keyframe_request_reaches_the_publisher(sfu):
-    publisher = await publish(sfu, audio=False)
-    subscriber = await subscribe(sfu, audio=False)
-    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+async def test_a_subscribers_keyframe_request_reaches_the_publisher(sfu, flowing):
+    publisher, subscriber = flowing
     await asyncio.sleep(0.6)  # past the rate limit of the joiner's own request
     before = publisher.keyframe_requests
     receiver = next(t.receiver for t in subscriber.pc.getTransceivers() if t.kind == "video")
     ssrc = next(iter(receiver._RTCRtpReceiver__active_ssrc))
     await receiver._send_rtcp_pli(ssrc)
     assert await wait_for(lambda: publisher.keyframe_requests > before, 3)
-    await publisher.pc.close()
-    await subscriber.close()
 
 
-async def test_keyframe_requests_are_rate_limited(sfu):
-    publisher = await publish(sfu, audio=False)
-    subscriber = await subscribe(sfu, audio=False)
-    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+async def test_keyframe_requests_are_rate_limited(sfu, flowing):
+    publisher, subscriber = flowing
     await asyncio.sleep(0.6)
     forwarder = sfu.rooms["r"].forwarders()[0]
     before = forwarder.keyframe_requests
@@ -93,8 +98,6 @@ async def test_keyframe_requests_are_rate_limited(sfu):
     await asyncio.sleep(0.8)
     # one at once, one trailing after the interval: not twenty
     assert forwarder.keyframe_requests - before == 2
-    await publisher.pc.close()
-    await subscriber.close()
 
 
 async def test_a_late_joiner_sees_a_picture_within_a_second(sfu):
@@ -208,15 +211,13 @@ def test_forwarder_keeps_to_the_three_codecs():
     assert Forwarder.__init__.__doc__ is None or True
 
 
-async def test_garbage_datagrams_at_the_servers_ports_do_not_stop_the_media(sfu):
+async def test_garbage_datagrams_at_the_servers_ports_do_not_stop_the_media(sfu, flowing):
     """Random UDP at the server's ICE ports: STUN-, DTLS-, RTP- and RTCP-looking
     junk (SRTP authentication must drop it) while real media flows."""
     import random
     import socket
 
-    publisher = await publish(sfu, audio=False)
-    subscriber = await subscribe(sfu, audio=False)
-    assert await wait_for(lambda: len(subscriber.counters) >= 10, 15)
+    publisher, subscriber = flowing
     ports = set()
     for peer in (publisher, subscriber):
         for line in peer.pc.remoteDescription.sdp.splitlines():
@@ -238,8 +239,6 @@ async def test_garbage_datagrams_at_the_servers_ports_do_not_stop_the_media(sfu)
     assert await wait_for(lambda: len(subscriber.counters) >= before + 30, 5)
     assert subscriber.in_order()
     assert sfu.peers == 2
-    await publisher.pc.close()
-    await subscriber.close()
 
 
 async def test_a_publisher_is_judged_by_its_media_not_by_consent_checks():
