@@ -221,6 +221,8 @@ MEETINGS = {
     "SFU": env_bool("MEET_SFU", True),
     # Every call goes through the forwarding unit from its first participant.
     "FORCE_SFU": env_bool("MEET_FORCE_SFU", False),
+    # Recording starts this many seconds after everyone was told it is on.
+    "RECORDING_LEAD_SECONDS": env_float("MEET_RECORDING_LEAD_SECONDS", 1.0, minimum=0.0),
     # A participant whose connection drops keeps their place (and their
     # place in the queue) this long, in seconds.
     "RECONNECT_GRACE": env_float("MEET_RECONNECT_GRACE", 45.0, minimum=5.0),

@@ -11,10 +11,21 @@ with the forwarding unit (media.service): a participant publishes once and
 subscribes to each other one who publishes; the sessions are closed when the
 room no longer allows them (the participant left, was sent back or removed,
 lost the floor, reloaded the page; the meeting ended).
+
+Recording (only through the forwarding unit): a moderator's ``record`` is
+stored and told to everyone first. Each participant's publication is then
+recorded by that participant's own socket, right after it has sent them a room
+that says so (and not before ``RECORDING_LEAD_SECONDS`` after it was turned
+on, by when every socket has been told): nobody's media are recorded before
+their page was told, and someone whose socket is down is recorded only once
+it is back. The change that turns recording off (a moderator, the end, the
+call emptying) stops every recorder; the files go into the meeting log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import logging
 import re
 import time
@@ -125,6 +136,13 @@ REASONS = {
     "no_common_codec": _("Your browser offered no audio or video format the server can forward."),
     "sdp_too_many_tracks": _("Send at most one microphone and one camera."),
     "sdp_malformed": _("The session description could not be read."),
+    "recording_needs_sfu": _(
+        "This meeting's audio and video go directly between the participants and never reach "
+        "the server, so it cannot be recorded."
+    ),
+    "already_recording": _("The meeting is already being recorded."),
+    "not_recording": _("The meeting is not being recorded."),
+    "recording_failed": _("The recording could not be started."),
 }
 CLOSE_FOR = {
     "removed": CloseCode.FORBIDDEN,
@@ -169,6 +187,15 @@ class MediaSession:
 _SESSIONS: dict[tuple[str, str], dict[str, MediaSession]] = {}
 # The newest room version whose sessions were checked, by meeting (once per process).
 _CHECKED: dict[str, int] = {}
+# Recordings started through this process, by meeting and participant: the
+# file's name and the participant's name (a publication closed while recorded
+# is stopped first, so that its file goes into the meeting log).
+_RECORDED: dict[tuple[str, str], tuple[str, str]] = {}
+# Work that must outlive the socket that started it (recorders started, stopped).
+_BACKGROUND: set[asyncio.Task] = set()
+# Seconds after recording is turned on before the first recorder starts: by
+# then every socket has been sent the room that says so (MEETINGS may set it).
+RECORDING_LEAD_SECONDS = 1.0
 # What the forwarding unit's refusals become on the socket.
 _MEDIA_CODES = {
     404: ErrorCode.NOT_FOUND,
@@ -183,6 +210,28 @@ def _media_service():
     return service
 
 
+def _background(coro) -> asyncio.Task:
+    task = asyncio.ensure_future(coro)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_BACKGROUND.discard)
+    return task
+
+
+def recording_name(code: str, since: float, pid: str, instance: str, published: int) -> str:
+    """The file (``MEDIA["RECORDINGS_DIR"]/<name>`` + ``.webm``/``.mkv``) of one
+    publication in one recording: the same publication gets the same name from
+    any process, and a new page or publication a new one."""
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime(since))
+    millis = int(since * 1000) % 1000
+    page = hashlib.sha256(instance.encode()).hexdigest()[:6]
+    return f"meet-{code}/{stamp}-{millis:03d}-{pid}-{page}-{published}"
+
+
+def _forget_recordings(code: str) -> None:
+    for key in [k for k in _RECORDED if k[0] == code]:
+        del _RECORDED[key]
+
+
 def _event_dict(event: rules.Event) -> dict:
     return {
         "kind": event.kind,
@@ -191,6 +240,16 @@ def _event_dict(event: rules.Event) -> dict:
         "to": event.to,
         "detail": event.detail,
     }
+
+
+def _recording_file(path: str) -> str:
+    """A recording's path as the log keeps it: inside ``RECORDINGS_DIR``."""
+    from pathlib import Path
+
+    try:
+        return str(Path(path).relative_to(settings.MEDIA["RECORDINGS_DIR"]))
+    except ValueError:
+        return path
 
 
 class MeetConsumer(EnvelopeConsumer):
@@ -232,6 +291,7 @@ class MeetConsumer(EnvelopeConsumer):
             p.HandOver: lambda m: self._act(Action.HAND_OVER, m.who),
             p.Floor: lambda m: self._act(Action.FLOOR, m.who, m.give),
             p.Approve: self.approve,
+            p.Record: lambda m: self._act(Action.RECORD, value=m.on),
         }
 
     # --- Connection -----------------------------------------------------------
@@ -242,6 +302,10 @@ class MeetConsumer(EnvelopeConsumer):
         self.pid: str | None = None
         self.room: Room | None = None
         self.sent_version = -1
+        # recording_since of the last room sent to this page that said
+        # "recording" (None: the last one did not): until then nothing of this
+        # participant is recorded.
+        self.shown_recording: float | None = None
         self.limits_rules = services.limits()
         m = settings.MEETINGS
         self.chat_bucket = TokenBucket(
@@ -351,6 +415,9 @@ class MeetConsumer(EnvelopeConsumer):
                     "events": [_event_dict(e) for e in changed.events],
                 },
             )
+        if any(e.kind == "recording_off" for e in changed.events):
+            # After the room said so: every recorder of the meeting stops.
+            _background(self._stop_recordings(changed.room))
         return changed
 
     def _me(self) -> rules.Participant:
@@ -427,13 +494,19 @@ class MeetConsumer(EnvelopeConsumer):
         self.sent_version = changed.room.version
         from signaling.turn import ice_servers
 
-        return p.Joined(
+        reply = p.Joined(
             you=self.pid,
             rejoin_token=make_rejoin_token(self.code, self.pid, claim.principal),
             resumed=resumed,
             ice_servers=ice_servers(claim.principal),
             room=self._view(),
         )
+        # Sent here rather than returned: the page must have the room (with
+        # "recording") before this participant's publication is recorded.
+        reply.id = message.id
+        await self.send_message(reply)
+        self._shown(self.room)
+        return None
 
     async def _enter(
         self, claim: rules.Claim, message: p.Join, now: float, limits: rules.Limits
@@ -481,12 +554,14 @@ class MeetConsumer(EnvelopeConsumer):
         if self.room is None or stored.version > self.room.version:
             await self.meet_room({"state": msgspec.to_builtins(stored), "events": []})
 
-    async def sync(self, message: p.Sync) -> p.RoomView:
+    async def sync(self, message: p.Sync) -> None:
         self._me()
         await self._reload()
         self._me()
         self.sent_version = self.room.version
-        return p.RoomView(room=self._view())
+        await self.send_message(p.RoomView(room=self._view(), id=message.id))
+        self._shown(self.room)
+        return None
 
     async def leave(self, message: p.Leave) -> p.Ok:
         return await self._act(Action.LEAVE)
@@ -647,6 +722,11 @@ class MeetConsumer(EnvelopeConsumer):
             sessions.pop(sid, None)
         if not sessions:
             _SESSIONS.pop((self.code, pid), None)
+        recorded = _RECORDED.get((self.code, pid))
+        if recorded is not None and any(m.kind == "publish" for _sid, m in doomed):
+            # Closing would finish the file too, but its name would be lost.
+            del _RECORDED[(self.code, pid)]
+            await self._stop_recording(pid, recorded[1])
         for sid, _media in doomed:
             try:
                 await _media_service().close(sid)
@@ -674,6 +754,12 @@ class MeetConsumer(EnvelopeConsumer):
         except BaseException:
             await self._close_media(pid, lambda sid, _m: sid == answer.session)
             raise
+        # While recording (and this page was told), the new publication is
+        # recorded from when it connects: it cannot before the page has our answer.
+        starting = self._maybe_record()
+        if starting is not None:
+            # Bounded: a slow media plane delays the recording, not the call.
+            await asyncio.wait({starting}, timeout=self._recording_lead() + 2.0)
         return p.SfuAnswer(
             session=answer.session, description=p.Description(type="answer", sdp=answer.sdp)
         )
@@ -774,6 +860,123 @@ class MeetConsumer(EnvelopeConsumer):
             await self._close_media(pid, lambda _sid, m, check=check: not check(m))
         if room.ended or not room.participants:
             _CHECKED.pop(self.code, None)
+            _forget_recordings(self.code)
+
+    # --- Recording (through the forwarding unit) -----------------------------------
+
+    def _shown(self, room: Room) -> None:
+        """``room`` was just sent to this page: if it says "recording", this
+        participant's publication may be recorded from now on."""
+        self.shown_recording = room.recording_since if room.recording else None
+        self._maybe_record()
+
+    def _maybe_record(self) -> asyncio.Task | None:
+        """Start recording this participant's publication if the room records,
+        this page was told so, and it is not being recorded yet."""
+        room, pid = self.room, self.pid
+        if room is None or pid is None or not room.recording or room.ended:
+            return None
+        since = room.recording_since
+        if since is None or self.shown_recording != since:
+            return None
+        me = room.participants.get(pid)
+        if me is None or me.status is not Status.ADMITTED or not me.published:
+            return None
+        name = recording_name(self.code, since, pid, me.instance, me.published)
+        key = (self.code, pid)
+        if _RECORDED.get(key, ("",))[0] == name:
+            return None
+        _RECORDED[key] = (name, me.name)
+        return _background(self._record(pid, me.name, name, since))
+
+    def _recording_lead(self) -> float:
+        return float(settings.MEETINGS.get("RECORDING_LEAD_SECONDS", RECORDING_LEAD_SECONDS))
+
+    async def _record(self, pid: str, who: str, name: str, since: float) -> None:
+        from media.sfu.room import MediaError
+
+        key = (self.code, pid)
+        delay = since + self._recording_lead() - self._now()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        room = self.room
+        if (
+            _RECORDED.get(key, ("",))[0] != name
+            or self.pid != pid
+            or room is None
+            or room.recording_since != since
+        ):
+            # Turned off (or on again), or the participant went, meanwhile.
+            if _RECORDED.get(key, ("",))[0] == name:
+                del _RECORDED[key]
+            return
+        try:
+            await _media_service().record(self._stream(), self._owner(pid), name)
+        except Exception as error:
+            if _RECORDED.get(key, ("",))[0] == name:
+                del _RECORDED[key]
+            reason = "media_unavailable"
+            if isinstance(error, MediaError):
+                reason = error.reason if error.reason in REASONS else "recording_failed"
+                if error.status == 503:
+                    full = error.reason in ("peers", "bitrate", "viewers")
+                    reason = "media_full" if full else "media_unavailable"
+            else:
+                log.warning("meeting %s: recording %s failed", self.code, name, exc_info=True)
+            await self._recording_failed(pid, who, name, reason)
+            return
+        # Turned off while we asked (the stop may have reached the media plane
+        # before our start did): the stored room says, and we stop it ourselves.
+        meeting = await services.find_meeting(self.code)
+        stored = meeting.room() if meeting is not None else None
+        if stored is None or not stored.recording or stored.recording_since != since:
+            if _RECORDED.get(key, ("",))[0] == name:
+                del _RECORDED[key]
+            await self._stop_recording(pid, who)
+            return
+        await self._log_quietly("recording_started", pid, who, {"file": name})
+
+    async def _recording_failed(self, pid: str, who: str, name: str, reason: str) -> None:
+        """Told to those who moderate (a notice) and kept in the log; the
+        meeting goes on."""
+        log.warning("meeting %s: could not record %s (%s)", self.code, pid, reason)
+        await self._log_quietly("recording_failed", pid, who, {"reason": reason, "file": name})
+        try:
+            await self.channel_layer.group_send(
+                self.group,
+                {"type": "meet.recording_failed", "pid": pid, "name": who, "reason": reason},
+            )
+        except Exception:
+            log.warning("meeting %s: could not tell of a failed recording", self.code)
+
+    async def _stop_recordings(self, room: Room) -> None:
+        """Recording went off: stop every publisher's recorder (through the
+        media plane: wherever their publication is)."""
+        for person in room.participants.values():
+            if person.published:
+                _RECORDED.pop((self.code, person.pid), None)
+                await self._stop_recording(person.pid, person.name)
+
+    async def _stop_recording(self, pid: str, who: str) -> None:
+        from media.sfu.room import MediaError
+
+        try:
+            path = await _media_service().stop_recording(self._stream(), self._owner(pid))
+        except MediaError:
+            return  # it publishes nothing (any more): its file was finished then
+        except Exception:
+            log.warning("meeting %s: could not stop a recording", self.code, exc_info=True)
+            return
+        if path:
+            await self._log_quietly("recording_saved", pid, who, {"file": _recording_file(path)})
+
+    async def _log_quietly(self, kind: str, pid: str, who: str, detail: dict) -> None:
+        try:
+            await services.log_event(
+                self.code, kind, now=self._now(), pid=pid, name=who, detail=detail
+            )
+        except Exception:
+            log.warning("meeting %s: could not log %s", self.code, kind, exc_info=True)
 
     # --- Chat -------------------------------------------------------------------
 
@@ -834,6 +1037,8 @@ class MeetConsumer(EnvelopeConsumer):
         self.room = room
         if _SESSIONS:
             await self._check_media(room)
+        if not room.recording and _RECORDED:
+            _forget_recordings(self.code)
         if room.ended:
             await self._finish(p.Ended(message=self._text("meeting_ended")), CloseCode.NORMAL)
             return
@@ -858,6 +1063,7 @@ class MeetConsumer(EnvelopeConsumer):
         if room.version > self.sent_version:
             self.sent_version = room.version
             await self.send_message(p.RoomView(room=self._view()))
+            self._shown(room)
 
     async def _finish(self, message, close_code: CloseCode) -> None:
         self.pid = None  # out of the meeting: disconnect() changes nothing more
@@ -891,6 +1097,27 @@ class MeetConsumer(EnvelopeConsumer):
         if me is None or me.status is not Status.ADMITTED:
             return
         await self.send_message(p.SfuReadyFrom(from_=event["from"]))
+
+    async def meet_recording_failed(self, event) -> None:
+        if self.pid is None or self.room is None:
+            return
+        me = self.room.participants.get(self.pid)
+        if me is None or me.status is not Status.ADMITTED:
+            return
+        if not rules.may(self.room.kind, me.role, Action.RECORD):
+            return
+        reason = event["reason"]
+        await self.send_message(
+            p.Notice(
+                event="recording_failed",
+                detail={
+                    "who": event["pid"],
+                    "name": event["name"],
+                    "reason": reason,
+                    "message": self._text(reason),
+                },
+            )
+        )
 
     async def meet_chat(self, event) -> None:
         if self.pid is None or self.room is None:

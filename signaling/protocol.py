@@ -16,6 +16,10 @@ the unit's answer with all its candidates: no trickle); ``sfu_close`` ends one
 of your sessions. ``sfu_ready`` tells another participant that you now get
 their media through the unit, so that the two of you can close your direct
 connection without a gap (relayed as ``sfu_ready`` with ``from``).
+
+``record`` (``on``) turns recording on or off; the room's ``recording`` and
+``recording_since`` tell everyone. A moderator is told with a ``notice``
+(``recording_failed``) when a participant's recording could not be started.
 """
 
 from __future__ import annotations
@@ -166,6 +170,13 @@ class Approve(Message, tag="approve"):
     publish: bool
 
 
+class Record(Message, tag="record"):
+    """Recording on or off (those who moderate; only while the media go
+    through the forwarding unit). Everyone's room then says ``recording``."""
+
+    on: bool
+
+
 INBOUND: tuple[type[Message], ...] = (
     Join,
     Signal,
@@ -190,6 +201,7 @@ INBOUND: tuple[type[Message], ...] = (
     HandOver,
     Floor,
     Approve,
+    Record,
 )
 
 # --- Server → client ----------------------------------------------------------

@@ -23,6 +23,16 @@ Meeting kinds (``Kind``) and the roles in them (``Role``):
   questions that a moderator publishes.
 - *parent_slot*: a teacher's room for booked parent-evening calls; parents
   wait until the teacher admits them.
+
+Recording (``Action.RECORD``, for the roles that moderate): only while the
+room's media go through the forwarding unit (topology "sfu"; in a mesh the
+media never reach the server). The room says ``recording`` (and since when) to
+everyone, the queue included, and the consumers record a participant's
+publication only after that participant's socket was sent a room that says so.
+It stops when a moderator turns it off, when the meeting ends, and when nobody
+who may stop it is left in the call (the call empties, or the last host or
+moderator leaves). A room that moves from mesh to the unit does not start
+recording by itself: a moderator turns it on once it is there.
 """
 
 from __future__ import annotations
@@ -71,6 +81,7 @@ class Action(StrEnum):
     FLOOR = "floor"
     APPROVE = "approve"
     RECORDS = "records"
+    RECORD = "record"
     # Participant controls
     AUDIO = "audio"
     VIDEO = "video"
@@ -95,6 +106,7 @@ MODERATOR_ACTIONS = frozenset(
         Action.FLOOR,
         Action.APPROVE,
         Action.RECORDS,
+        Action.RECORD,
     }
 )
 HOST_ONLY = frozenset({Action.END, Action.HAND_OVER})
@@ -205,6 +217,10 @@ class Room(msgspec.Struct, kw_only=True):
     # The call outgrew the mesh and moved to the forwarding unit; it stays
     # there (nobody's media flaps) until nobody is left in the call.
     sfu: bool = False
+    # A moderator turned recording on (only through the forwarding unit), at
+    # recording_since; everyone is shown it, and it names the files.
+    recording: bool = False
+    recording_since: float | None = None
 
 
 @dataclass(frozen=True)
@@ -530,7 +546,28 @@ def _depart(
         events.extend(_maybe_finish_service(room, now))
     if participant.role is Role.HOST:
         events.extend(_pass_host(room))
+    events.extend(_recording_unattended(room))
     return events
+
+
+def _stop_recording(room: Room, reason: str, actor: str | None = None) -> list[Event]:
+    if not room.recording:
+        return []
+    room.recording = False
+    room.recording_since = None
+    return [Event("recording_off", actor=actor, detail={"reason": reason})]
+
+
+def _recording_unattended(room: Room) -> list[Event]:
+    """Recording stops when nobody who may stop it is left in the call."""
+    if not room.recording:
+        return []
+    admitted = _admitted(room)
+    if not admitted:
+        return _stop_recording(room, "empty")
+    if not any(may(room.kind, p.role, Action.RECORD) for p in admitted):
+        return _stop_recording(room, "no_moderator")
+    return []
 
 
 def _residents_in_call(room: Room) -> list[Participant]:
@@ -718,7 +755,23 @@ def _do_end(room, actor, target, value, now, limits):
     if room.serving_since is not None:
         room.service_times = [*room.service_times, max(0.0, now - room.serving_since)][-10:]
         room.serving_since = None
-    return [Event("ended", actor=actor.pid)]
+    return [*_stop_recording(room, "ended", actor.pid), Event("ended", actor=actor.pid)]
+
+
+def _do_record(room, actor, target, value, now, limits):
+    """Recording on (``value`` true) or off. Only through the forwarding unit:
+    in a mesh the media go from browser to browser and never reach the server."""
+    if not value:
+        if not room.recording:
+            raise Refused("conflict", "not_recording")
+        return _stop_recording(room, "stopped", actor.pid)
+    if room.recording:
+        raise Refused("conflict", "already_recording")
+    if topology(room, limits) != "sfu":
+        raise Refused("conflict", "recording_needs_sfu")
+    room.recording = True
+    room.recording_since = now
+    return [Event("recording_on", actor=actor.pid)]
 
 
 def _do_hand_over(room, actor, target, value, now, limits):
@@ -791,6 +844,7 @@ _ACTIONS = {
     Action.END: _do_end,
     Action.HAND_OVER: _do_hand_over,
     Action.FLOOR: _do_floor,
+    Action.RECORD: _do_record,
     Action.AUDIO: _do_media("audio"),
     Action.VIDEO: _do_media("video"),
     Action.SCREEN: _do_media("screen"),
@@ -845,6 +899,9 @@ def view(room: Room, pid: str, *, now: float, limits: Limits) -> dict[str, Any]:
         "locked": room.locked,
         "ended": room.ended,
         "topology": topology(room, limits),
+        # Everyone is shown it, those still waiting too (before they enter).
+        "recording": room.recording,
+        "recording_since": room.recording_since,
         "you": pid,
     }
     if me is None:

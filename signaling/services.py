@@ -39,6 +39,8 @@ LOGGED = frozenset(
         "host",
         "floor_given",
         "floor_taken",
+        "recording_on",
+        "recording_off",
     }
 )
 
@@ -167,6 +169,25 @@ def departure_reason_sync(code: str, pid: str) -> str | None:
 
 
 departure_reason = sync_to_async(departure_reason_sync)
+
+
+def log_event_sync(
+    code: str, kind: str, *, now: float, pid: str = "", name: str = "", detail: dict | None = None
+) -> None:
+    """A line of the meeting log that no change of the room made (what the
+    media plane did: a recording's file started, saved, or not started)."""
+    meeting = Meeting.objects.only("pk").get(code=code)
+    MeetingEvent.objects.create(
+        meeting=meeting,
+        at=dt.datetime.fromtimestamp(now, tz=dt.UTC),
+        kind=kind,
+        pid=pid,
+        name=name[:80],
+        detail=detail or {},
+    )
+
+
+log_event = sync_to_async(log_event_sync)
 
 
 # --- Chat ------------------------------------------------------------------------

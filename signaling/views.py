@@ -96,6 +96,13 @@ CLIENT_TEXT = {
     "stop_screen": gettext_lazy("Stop sharing"),
     "share_screen": gettext_lazy("Share screen"),
     "default_device": gettext_lazy("Default"),
+    "recording_on": gettext_lazy("Recording is on"),
+    "recording_since": gettext_lazy("since %(time)s"),
+    "recording_started": gettext_lazy("Recording is on: this meeting is being recorded."),
+    "recording_stopped": gettext_lazy("Recording is off."),
+    "start_recording": gettext_lazy("Start recording"),
+    "stop_recording": gettext_lazy("Stop recording"),
+    "recording_failed": gettext_lazy("Could not record %(name)s: %(message)s"),
     "error": gettext_lazy("Something went wrong: %(message)s"),
 }
 
@@ -158,7 +165,14 @@ def meeting_page(request: HttpRequest, code: str) -> HttpResponse:
             "maxChat": settings.MEETINGS["MAX_CHAT_CHARS"],
         },
     }
-    status = 410 if meeting.ended_at is not None else 200
+    ended = meeting.ended_at is not None
+    # Someone about to join a meeting being recorded is told before entering.
+    context["recording"] = not ended and meeting.room().recording
+    if ended and context["is_host"]:
+        context["recordings"] = [
+            e.detail.get("file", "") for e in meeting.log.filter(kind="recording_saved")
+        ]
+    status = 410 if ended else 200
     return render(request, "signaling/meeting.html", context, status=status)
 
 
@@ -227,7 +241,9 @@ def records(request: HttpRequest, code: str, what: str) -> HttpResponse:
                 e.kind,
                 e.name,
                 e.actor,
-                e.detail.get("reason") or e.detail.get("role") or "",
+                "; ".join(
+                    str(e.detail[key]) for key in ("reason", "role", "file") if e.detail.get(key)
+                ),
             )
             for e in meeting.log.all()
         )

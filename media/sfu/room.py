@@ -353,8 +353,11 @@ class Sfu:
         if session.record_to is not None:
             return
         session.record_to = Path(path)
-        if session.connected:
-            await self._record(session)
+        if session.connected and not await self._record(session):
+            session.record_to = None
+            error = MediaError("recording_failed", "the recording could not start on the server")
+            error.status = 500
+            raise error
 
     async def stop_recording(self, room_name: str, source_owner: str) -> str | None:
         """Finish a publication's recording; the file's path (None: nothing recorded)."""
@@ -366,15 +369,16 @@ class Sfu:
         self.on_event("recorded", {"room": session.room, "path": str(path) if path else None})
         return str(path) if path else None
 
-    async def _record(self, session: Session) -> None:
+    async def _record(self, session: Session) -> bool:
         try:
             session.recorder = Recorder(session.forwarders, session.record_to)
             await session.recorder.start()
         except (OSError, ValueError) as exc:  # a full disk must not end the broadcast
             log.error("recording %s could not start: %s", session.record_to, exc)
             session.recorder = None
-        else:
-            self.on_event("recording", {"room": session.room, "session": session.id})
+            return False
+        self.on_event("recording", {"room": session.room, "session": session.id})
+        return True
 
     async def _watch_media(self, session: Session) -> None:
         """End a publisher whose media stopped: the encoder went away without

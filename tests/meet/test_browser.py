@@ -551,3 +551,47 @@ async def test_three_people_outgrow_a_mesh_of_two_and_move_to_the_unit_without_l
         for page in (first, second):
             await page.wait_for_selector("#ended-view:not([hidden])")
             await wait_for(page, "window.egminaMeeting.sfu === null")
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_everyone_sees_that_the_meeting_is_recorded(meeting_server, tmp_path):
+    """Through the forwarding unit the clerk starts recording from the keyboard:
+    the resident's page says so at once, in words, and the screen reader is
+    told; both are recorded, and when the clerk stops, the notice goes and the
+    files are finished."""
+    from pathlib import Path
+
+    from signaling.services import create_meeting
+
+    meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja")
+    base = meeting_server(env={**FORCED_SFU, "MEDIA_RECORDINGS_DIR": str(tmp_path)})
+    directory = Path(tmp_path) / f"meet-{meeting.code}"
+
+    async def files(pattern: str, count: int) -> list[Path]:
+        deadline = time.monotonic() + 20
+        while len(found := list(directory.glob(pattern))) < count:
+            assert time.monotonic() < deadline, list(directory.glob("*"))
+            await asyncio.sleep(0.2)
+        return found
+
+    async with contextlib.AsyncExitStack() as stack:
+        clerk, resident = await admitted_call(stack, base, meeting, key)
+        for page in (clerk, resident):
+            await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"))
+        assert await resident.is_hidden("#recording-indicator")
+        assert await resident.is_hidden("#toggle-recording")  # only those who moderate
+        await clerk.focus("#toggle-recording")
+        await clerk.keyboard.press("Enter")
+        await resident.wait_for_selector("#recording-indicator:not([hidden])")
+        assert "Nagrywanie włączone" in await resident.inner_text("#recording-indicator")
+        await wait_for(
+            resident, "document.querySelector('#meet-status').textContent.includes('nagrywane')"
+        )
+        await clerk.wait_for_selector("#recording-indicator:not([hidden])")
+        assert await clerk.inner_text("#toggle-recording") == "Zakończ nagrywanie"
+        violations = await axe_violations(resident)
+        assert not violations, axe_report("the resident's page while recording", violations)
+        await files("*.webm.part", 2)  # the clerk and the resident
+        await clerk.click("#toggle-recording")
+        await resident.wait_for_selector("#recording-indicator", state="hidden")
+        assert len(await files("*.webm", 2)) == 2

@@ -36,8 +36,9 @@ ROLES_IN = {
     Kind.PARENT_SLOT: {Role.HOST, Role.MODERATOR, Role.PARTICIPANT, Role.GUEST},
 }
 # "moderator controls: admit, deny, send back to the queue, mute someone's audio
-# or video, remove, lock, end for everyone, hand over host" (+ the records).
-CONTROLS = {A.ADMIT, A.DENY, A.SEND_BACK, A.MUTE, A.REMOVE, A.LOCK, A.RECORDS}
+# or video, remove, lock, end for everyone, hand over host" (+ the records, and
+# recording: issue 5 item 6).
+CONTROLS = {A.ADMIT, A.DENY, A.SEND_BACK, A.MUTE, A.REMOVE, A.LOCK, A.RECORDS, A.RECORD}
 HOST_ALONE = {A.END, A.HAND_OVER}
 # "Participant controls: camera, microphone, screen share, chat, raise hand, leave."
 OWN_MEDIA = {A.AUDIO, A.VIDEO, A.SCREEN}
@@ -237,7 +238,7 @@ def arguments(action: Action, actor: str, who: dict, m: Meeting) -> tuple[str | 
         return who["moderator"], None
     if action in OWN_MEDIA:
         return None, not getattr(m[actor], action.value)
-    if action in (A.HAND, A.LOCK):
+    if action in (A.HAND, A.LOCK, A.RECORD):
         return None, True
     return None, None
 
@@ -270,6 +271,8 @@ def test_act_both_ways(kind, role, action):
     m, who = full_room(kind)
     actor = who[ACTOR_KEY[role]]
     target, value = arguments(action, actor, who, m)
+    if action is A.RECORD:
+        m.limits = Limits(force_sfu=True)  # recording needs the forwarding unit
     if action not in expected(kind, role):
         refused = m.refused(actor, action, target, value)
         assert (refused.code, refused.reason) == ("forbidden", "not_allowed")
@@ -300,6 +303,8 @@ def test_act_both_ways(kind, role, action):
         assert target not in people and before.participants[target].principal in room.banned
     elif action is A.LOCK:
         assert room.locked
+    elif action is A.RECORD:
+        assert room.recording and room.recording_since == m.now
     elif action is A.END:
         assert room.ended
     elif action is A.HAND_OVER:
@@ -632,6 +637,124 @@ def test_sending_back_stops_publishing():
     assert {p["pid"]: p["published"] for p in m.view(host)["participants"]}[r] == 1
     m.act(host, A.SEND_BACK, r)
     assert m[r].published == 0
+
+
+# --- Recording (through the forwarding unit only) ---------------------------------------
+
+
+FORCED = Limits(force_sfu=True)
+
+
+def recording_room(kind: Kind = Kind.CONSULTATION, limits: Limits = FORCED):
+    """The host, a moderator and a resident in the call."""
+    m = Meeting(kind, limits, moderators=["user:mod"])
+    host = m.join("h", host=True)
+    mod = m.join("mod")
+    r = m.join("r")
+    if m[r].status is Status.QUEUED:
+        m.act(host, A.ADMIT, r)
+    return m, host, mod, r
+
+
+def test_recording_is_turned_on_and_off_and_everyone_sees_it():
+    m, host, mod, r = recording_room()
+    for pid in (host, mod, r):
+        assert (m.view(pid)["recording"], m.view(pid)["recording_since"]) == (False, None)
+    m.now += 5
+    out = m.act(mod, A.RECORD, value=True)  # a moderator may, like the host
+    assert [(e.kind, e.actor) for e in out.events] == [("recording_on", mod)]
+    assert m.room.recording and m.room.recording_since == m.now
+    waiting = m.join("w")  # someone waiting in the queue is told too, before entering
+    assert m[waiting].status is Status.QUEUED
+    for pid in (host, mod, r, waiting):
+        view = m.view(pid)
+        assert (view["recording"], view["recording_since"]) == (True, m.now)
+    assert m.refused(host, A.RECORD, value=True).reason == "already_recording"
+    out = m.act(host, A.RECORD, value=False)
+    assert [(e.kind, e.actor, e.detail) for e in out.events] == [
+        ("recording_off", host, {"reason": "stopped"})
+    ]
+    assert not m.room.recording and m.room.recording_since is None
+    assert m.view(r)["recording"] is False
+    refused = m.refused(host, A.RECORD, value=False)
+    assert (refused.code, refused.reason) == ("conflict", "not_recording")
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_only_those_who_moderate_may_record(kind):
+    m, who = full_room(kind)
+    m.limits = Limits(force_sfu=True)
+    for key in ("participant", "guest", "viewer"):
+        if key in who:
+            refused = m.refused(who[key], A.RECORD, value=True)
+            assert (refused.code, refused.reason) == ("forbidden", "not_allowed")
+    refused = m.refused(who["queued"], A.RECORD, value=True)
+    assert (refused.code, refused.reason) == ("forbidden", "not_admitted")
+    m.act(who["moderator"], A.RECORD, value=True)
+    refused = m.refused(who["participant"], A.RECORD, value=False)
+    assert refused.code == "forbidden" and m.room.recording
+
+
+def test_a_mesh_cannot_be_recorded_and_the_move_to_the_unit_does_not_start_it():
+    """In a mesh the media never reach the server. When the call outgrows the
+    mesh and moves to the forwarding unit, recording stays off until a
+    moderator turns it on there."""
+    m = Meeting(Kind.BRIEFING, Limits(mesh_max=2), invited=["user:a", "user:b"])
+    host = m.join("h", host=True)
+    m.join("a", staff=True)
+    assert topologies(m) == {"mesh"}
+    refused = m.refused(host, A.RECORD, value=True)
+    assert (refused.code, refused.reason) == ("conflict", "recording_needs_sfu")
+    m.join("b", staff=True)
+    assert topologies(m) == {"sfu"} and not m.room.recording
+    m.act(host, A.RECORD, value=True)
+    assert m.room.recording
+    # Switched off altogether (MEET_SFU=0): no room records.
+    off = Meeting(Kind.CONSULTATION, Limits(sfu=False, force_sfu=True))
+    h = off.join("h", host=True)
+    assert off.refused(h, A.RECORD, value=True).reason == "recording_needs_sfu"
+
+
+def test_ending_the_meeting_stops_recording():
+    m, host, _mod, _r = recording_room()
+    m.act(host, A.RECORD, value=True)
+    out = m.act(host, A.END)
+    assert [(e.kind, e.detail) for e in out.events] == [
+        ("recording_off", {"reason": "ended"}),
+        ("ended", {}),
+    ]
+    assert not m.room.recording and m.room.ended
+
+
+def test_recording_stops_when_nobody_who_may_stop_it_is_left():
+    m, host, mod, r = recording_room()
+    m.act(host, A.RECORD, value=True)
+    m.act(host, A.LEAVE)  # the moderator becomes host: still recording
+    assert m[mod].role is Role.HOST and m.room.recording
+    out = m.act(mod, A.LEAVE)  # only the resident is left
+    assert ("recording_off", {"reason": "no_moderator"}) in [(e.kind, e.detail) for e in out.events]
+    assert not m.room.recording
+    # A call that empties (everyone timed out) stops it too.
+    m, host, mod, r = recording_room()
+    m.act(host, A.RECORD, value=True)
+    for pid in (host, mod, r):
+        m.disconnect(pid, f"ch-{m[pid].name}")
+    m.now += LIMITS.reconnect_grace + 1
+    out = m.expire()
+    assert not m.room.participants and not m.room.recording
+    assert [e.detail for e in out.events if e.kind == "recording_off"] == [{"reason": "empty"}]
+
+
+def test_someone_away_does_not_stop_recording():
+    m, host, mod, r = recording_room()
+    m.act(host, A.RECORD, value=True)
+    m.disconnect(host, "ch-h")
+    m.disconnect(mod, "ch-mod")
+    m.now += 10
+    m.expire()
+    assert m.room.recording  # within the grace: they keep their place
+    m.reconnect(host, "user:h", "ch-back", "tab-h")
+    assert m.room.recording
 
 
 # --- The virtual queue ---------------------------------------------------------------
@@ -1110,7 +1233,7 @@ def test_view_of_someone_not_there():
 
 # Weighted towards joins and admissions, so that queues grow and calls fill up.
 OP_NAMES = ["join"] * 4 + ["admit"] * 3 + ["call_next"] * 2 + ["send_back"] * 2
-OP_NAMES += ["leave", "deny", "remove", "away", "back", "tick"]
+OP_NAMES += ["leave", "deny", "remove", "away", "back", "tick", "record"]
 OPS = st.tuples(st.sampled_from(OP_NAMES), st.integers(0, 30))
 
 
@@ -1136,6 +1259,12 @@ def check_invariants(m: Meeting, arrival: dict[str, int]) -> None:
     assert all(t >= 0 for t in m.room.service_times)
     hosts = [p for p in m.room.participants.values() if p.role is Role.HOST]
     assert len(hosts) <= 1
+    # Recording: only through the unit, never unattended, and everyone is told.
+    assert (m.room.recording_since is not None) == m.room.recording
+    if m.room.recording:
+        assert rules.topology(m.room, m.limits) == "sfu"
+        assert any(p.role in (Role.HOST, Role.MODERATOR) for p in admitted)
+        assert all(m.view(p.pid)["recording"] for p in m.room.participants.values())
 
 
 @hsettings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -1169,6 +1298,8 @@ def test_queue_property(kind, call_max, ops):
                 m.expire()
             elif op == "call_next":
                 m.act(host, A.CALL_NEXT)
+            elif op == "record":
+                m.act(host, A.RECORD, value=not m.room.recording)
             elif someone is None:
                 continue
             elif op == "leave":

@@ -167,6 +167,41 @@ def test_the_owner_and_named_moderators_download_without_the_link():
         assert client.get(f"/meet/{meeting.code}/records/chat.csv").status_code == 200
 
 
+def test_someone_about_to_join_a_recorded_meeting_is_told_before_entering(meeting):
+    import msgspec
+
+    meeting, _ = meeting
+    page = Client().get(f"/meet/{meeting.code}/").content.decode()
+    assert 'id="prejoin-recording"' not in page
+    room = meeting.room()
+    room.recording, room.recording_since = True, 1_800_000_000.0
+    Meeting.objects.filter(pk=meeting.pk).update(state=msgspec.to_builtins(room))
+    page = Client().get(f"/meet/{meeting.code}/").content.decode()
+    notice = re.search(r'<p id="prejoin-recording"[^>]*>(.*?)</p>', page, re.S).group(1)
+    assert "Nagrywanie włączone" in notice and "nagrywane" in notice
+
+
+def test_the_host_finds_the_recordings_in_the_log_and_on_the_ended_page(meeting):
+    from django.utils import timezone
+
+    meeting, key = meeting
+    file = f"meet-{meeting.code}/20261128-101530-123-p0123456789-abcdef-1.webm"
+    MeetingEvent.objects.create(
+        meeting=meeting,
+        at=timezone.now(),
+        kind="recording_saved",
+        name="Jan",
+        detail={"file": file},
+    )
+    Meeting.objects.filter(pk=meeting.pk).update(ended_at=timezone.now())
+    host = Client()
+    host.get(f"/meet/{meeting.code}/?key={key}")
+    log = _rows(host.get(f"/meet/{meeting.code}/records/log.csv"))
+    assert log[1][1:3] == ["recording_saved", "Jan"] and log[1][4] == file
+    assert file in host.get(f"/meet/{meeting.code}/").content.decode()
+    assert file not in Client().get(f"/meet/{meeting.code}/").content.decode()
+
+
 # --- create_meeting ------------------------------------------------------------------
 
 

@@ -261,3 +261,23 @@ async def test_a_publication_asked_to_record_is_recorded_until_it_ends(tmp_path)
     assert counters == sorted(counters)
     await publisher.pc.close()
     await unit.close_all()
+
+
+async def test_a_recording_that_cannot_start_is_an_error_and_the_broadcast_goes_on(tmp_path):
+    from media.sfu.room import MediaError
+
+    unit = Sfu()
+    publisher = Publisher()
+    session, answer = await unit.publish("rada", await publisher.offer(), owner="p")
+    await publisher.answer(answer)
+    assert await wait_for(lambda: session.connected, 10)
+    blocked = tmp_path / "plik"
+    blocked.write_text("not a directory")
+    with pytest.raises(MediaError) as refused:
+        await unit.record("rada", "p", blocked / "nagranie")  # its directory cannot be made
+    assert refused.value.reason == "recording_failed"
+    assert session.recorder is None and session.id in unit.sessions
+    await unit.record("rada", "p", tmp_path / "nagranie")  # the next try may succeed
+    assert session.recorder is not None
+    await publisher.pc.close()
+    await unit.close_all()

@@ -27,11 +27,22 @@ function fmt(template, params = {}) {
   return String(template).replace(/%\((\w+)\)s/g, (_, key) => String(params[key] ?? ""));
 }
 
+// Messages announced together (one room update can say several things: the
+// queue position and that the meeting is recorded) are read one after another.
+const announcing = [];
+
 function announce(message) {
   const status = $("meet-status");
-  status.textContent = "";
-  // A fresh text node each time, so that screen readers read a repeated message too.
-  window.setTimeout(() => (status.textContent = message), 50);
+  if (!message) {
+    if (!announcing.length) status.textContent = "";
+    return;
+  }
+  if (!announcing.length) {
+    status.textContent = "";
+    // A fresh text node each time, so that screen readers read a repeated message too.
+    window.setTimeout(() => (status.textContent = announcing.splice(0).join(" ")), 50);
+  }
+  announcing.push(message);
 }
 
 function el(tag, attributes = {}, ...children) {
@@ -76,6 +87,7 @@ const meeting = {
   waiters: [], // messages waiting for the join
   seenMutes: { audio: null, video: null },
   lastPosition: null,
+  recordingSince: null, // the recording the page shows (null: none)
 };
 
 // Server refusals after which trying again cannot help (the rest - a lost
@@ -399,6 +411,7 @@ function onServerMessage(message) {
 function finish(message) {
   if (meeting.over) return;
   meeting.over = true;
+  $("recording-indicator").hidden = true;
   meeting.waiters.splice(0);
   sessionStorage.removeItem(REJOIN_KEY);
   meeting.hub?.close();
@@ -422,6 +435,8 @@ function onNotice({ event, detail }) {
   else if (event === "floor_taken") {
     announce(text.floor_taken);
     stopScreen(false);
+  } else if (event === "recording_failed") {
+    announce(fmt(text.recording_failed, { name: detail.name, message: detail.message }));
   } else if (event === "muted") {
     if (detail.audio) {
       meeting.wantAudio = false;
@@ -449,6 +464,7 @@ function applyRoom(room) {
   const before = meeting.status;
   meeting.room = room;
   meeting.status = room.status;
+  renderRecording(room);
   if (room.status === "queued") {
     show("queue-view");
     renderQueueTicket(room.queue);
@@ -493,6 +509,27 @@ function applyMutes() {
     }
     applyWanted();
     attachAll();
+  }
+}
+
+// Recording: everyone sees it (in the queue too) for as long as it is on, as
+// text, and hears it once when it starts or stops (screen readers).
+function renderRecording(room) {
+  const since = room.recording ? room.recording_since : null;
+  const box = $("recording-indicator");
+  box.hidden = since === null;
+  if (since !== null) {
+    const time = new Date(since * 1000).toLocaleTimeString(document.documentElement.lang, {
+      hour: "2-digit",
+      minute: "2-digit",
+    });
+    $("recording-text").textContent = text.recording_on;
+    $("recording-since").textContent = fmt(text.recording_since, { time });
+  }
+  if (since !== meeting.recordingSince) {
+    if (since !== null) announce(text.recording_started);
+    else if (meeting.recordingSince !== null) announce(text.recording_stopped);
+    meeting.recordingSince = since;
   }
 }
 
@@ -969,6 +1006,10 @@ function renderControls() {
   $("toggle-screen").disabled = !publish;
   set("toggle-hand", Boolean(me.hand), actions.includes("hand"), me.hand ? text.lower_hand : text.raise_hand);
   set("toggle-lock", room.locked, actions.includes("lock"), room.locked ? text.unlock : text.lock);
+  // Only through the forwarding unit: in a mesh the media never reach the server.
+  const recordButton = $("toggle-recording");
+  recordButton.hidden = !(actions.includes("record") && room.topology === "sfu");
+  recordButton.textContent = room.recording ? text.stop_recording : text.start_recording;
   $("end-button").hidden = !actions.includes("end");
   const chat = $("chat-form");
   chat.hidden = !actions.includes("chat");
@@ -1043,6 +1084,15 @@ const controls = {
   },
   lock() {
     request({ type: "lock", locked: !meeting.room.locked }).catch(() => {});
+  },
+  record() {
+    if (meeting.recordPending) return; // one request at a time: a double click asks once
+    meeting.recordPending = true;
+    request({ type: "record", on: !meeting.room.recording })
+      .catch(() => {})
+      .finally(() => {
+        meeting.recordPending = false;
+      });
   },
   call_next() {
     const button = $("call-next");
