@@ -68,30 +68,28 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make ``bench`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aiohttp
-import av
-from aiortc import (
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-    VideoStreamTrack,
-)
+from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
 from bench.common import HOST, cpu_self, free_port, machine_cpu, proc_cpu
+from bench.media_common import (
+    FPS,
+    CounterTrack,
+    bytes_sent,
+    column_table,
+    loopback_candidates,
+    new_peer_connection,
+    read_counter,
+    vp8_only,
+)
 
-# The synthetic video.
-W, H, FPS = 640, 480, 30
-BITS = 16  # counter bits, one column each
-COLW = W // BITS
-SAMPLE_ROWS = (H // 8, H // 4, 3 * H // 8)  # rows of the counter half read (majority vote)
 ROOM_BITRATE = 800_000  # bit/s, sent to the publisher as REMB
 
 # Where Debian and source installs put Janus's shared objects.
@@ -492,6 +490,23 @@ class JanusSession:
             raise JanusError(f"{body.get('request')}: {data.get('error') or reply.get('error')}")
         return data, reply.get("jsep")
 
+    async def create_room(self, handle: int, room: int, bitrate: int, description: str) -> None:
+        """Create VideoRoom ``room`` through ``handle``: private, one publisher, VP8
+        only, ``bitrate`` bit/s sent to the publisher as REMB, no periodic FIR."""
+        await self.message(
+            handle,
+            {
+                "request": "create",
+                "room": room,
+                "description": description,
+                "is_private": True,
+                "publishers": 1,
+                "videocodec": "vp8",
+                "bitrate": bitrate,
+                "fir_freq": 0,
+            },
+        )
+
     async def trickle_done(self, handle: int) -> None:
         """Tell Janus there are no more candidates than those in our SDP."""
         await self._post(
@@ -545,80 +560,6 @@ class JanusSession:
 # =====================================================================================
 
 
-@contextlib.contextmanager
-def loopback_candidates() -> Iterator[None]:
-    """aiortc gathers its host candidates on 127.0.0.1 only, inside the block.
-
-    aioice lists every interface except loopback; Janus here gathers on
-    loopback only. This swaps aioice's address list for the block (it affects
-    every peer connection that gathers in this process meanwhile).
-    """
-    import aioice.ice
-
-    original = aioice.ice.get_host_addresses
-    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: [HOST]
-    try:
-        yield
-    finally:
-        aioice.ice.get_host_addresses = original
-
-
-def new_peer_connection() -> RTCPeerConnection:
-    """A peer connection without STUN (aiortc's default asks Google's)."""
-    return RTCPeerConnection(RTCConfiguration(iceServers=[]))
-
-
-class CounterTrack(VideoStreamTrack):
-    """640x480 at 30 fps: the frame number in the top half, moving noise below.
-
-    The counter is :data:`BITS` columns, white (Y=235) for 1 and black (Y=16) for
-    0, most significant bit on the left. The noise is a window sliding through a
-    larger random buffer by an odd step, which motion search predicts only in
-    part, so the encoder works at its target bit rate. :attr:`sent` maps each
-    frame number to the monotonic time it was made.
-    """
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.sent: dict[int, float] = {}
-        self.half = W * (H // 2)
-        self.noise = os.urandom(self.half * 3)
-        self.chroma = bytes([128]) * (W // 2 * H // 2)
-        self.columns = (b"\x10" * COLW, b"\xeb" * COLW)
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        n = self.count % (1 << BITS)
-        row = b"".join(self.columns[(n >> (BITS - 1 - c)) & 1] for c in range(BITS))
-        offset = (self.count * (3 * W + 5)) % (len(self.noise) - self.half)
-        frame = av.VideoFrame(W, H, "yuv420p")
-        frame.planes[0].update(row * (H // 2) + self.noise[offset : offset + self.half])
-        frame.planes[1].update(self.chroma)
-        frame.planes[2].update(self.chroma)
-        frame.pts, frame.time_base = pts, time_base
-        self.sent[n] = time.monotonic()
-        self.count += 1
-        return frame
-
-
-def read_counter(frame: av.VideoFrame) -> int | None:
-    """The counter of a decoded :class:`CounterTrack` frame (None if not 640x480)."""
-    if frame.width != W or frame.height != H:
-        return None
-    plane = frame.planes[0]
-    luma = memoryview(plane)
-    stride = plane.line_size
-    n = 0
-    for c in range(BITS):
-        x = c * COLW + COLW // 2
-        ones = sum(luma[y * stride + x] > 128 for y in SAMPLE_ROWS)
-        n = (n << 1) | (ones * 2 > len(SAMPLE_ROWS))
-    return n
-
-
 class Subscriber:
     """A receive-only peer connection that decodes every frame and reads its counter."""
 
@@ -661,10 +602,8 @@ class Subscriber:
             task.cancel()
 
 
-async def _publish(
-    janus: JanusSession, room: int, pc: RTCPeerConnection, track: CounterTrack
-) -> tuple[int, int]:
-    """Join ``room`` as publisher and send ``track`` on ``pc`` (VP8 only).
+async def publish_feed(janus: JanusSession, room: int, pc: RTCPeerConnection) -> tuple[int, int]:
+    """Join ``room`` as publisher with the offer set on ``pc`` and apply Janus's answer.
 
     Returns the handle and the publisher's feed id.
     """
@@ -672,15 +611,6 @@ async def _publish(
     joined, _ = await janus.message(
         handle, {"request": "join", "ptype": "publisher", "room": room, "display": "pub"}
     )
-    transceiver = pc.addTransceiver(track, direction="sendonly")
-    transceiver.setCodecPreferences(
-        [
-            codec
-            for codec in RTCRtpSender.getCapabilities("video").codecs
-            if codec.mimeType.lower() in ("video/vp8", "video/rtx")
-        ]
-    )
-    await pc.setLocalDescription(await pc.createOffer())
     offer = {"type": "offer", "sdp": pc.localDescription.sdp}
     _, answer = await janus.message(handle, {"request": "publish"}, jsep=offer)
     if answer is None:
@@ -691,25 +621,32 @@ async def _publish(
     return handle, joined["id"]
 
 
-async def _subscribe(janus: JanusSession, room: int, feed: int, sub: Subscriber) -> int:
-    """Join ``room`` as a subscriber to ``feed`` with ``sub``; returns the handle."""
+async def subscribe_feed(
+    janus: JanusSession,
+    room: int,
+    feed: int,
+    pc: RTCPeerConnection,
+    on_offer: Callable[[], None] | None = None,
+) -> int:
+    """Join ``room`` as a subscriber to ``feed`` with ``pc``; returns the handle.
+
+    ``on_offer`` is called once Janus's offer is set on ``pc`` (its receivers
+    exist), before the answer.
+    """
     handle = await janus.attach()
     body = {"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]}
     _, offer = await janus.message(handle, body)
     if offer is None:
         raise JanusError("subscriber join: no SDP offer")
     check_loopback_sdp(offer["sdp"])
-    await sub.pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
-    await sub.pc.setLocalDescription(await sub.pc.createAnswer())
-    answer = {"type": "answer", "sdp": sub.pc.localDescription.sdp}
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=offer["sdp"], type=offer["type"]))
+    if on_offer is not None:
+        on_offer()
+    await pc.setLocalDescription(await pc.createAnswer())
+    answer = {"type": "answer", "sdp": pc.localDescription.sdp}
     await janus.message(handle, {"request": "start"}, jsep=answer)
     await janus.trickle_done(handle)
     return handle
-
-
-async def _bytes_sent(pc: RTCPeerConnection) -> int:
-    stats = await pc.getSenders()[0].getStats()
-    return sum(s.bytesSent for s in stats.values() if s.type == "outbound-rtp")
 
 
 def _empty_result(k: int) -> dict:
@@ -740,23 +677,14 @@ async def _measure(server: JanusServer, k: int, seconds: float, warmup: float) -
         try:
             await janus.create()
             admin = await janus.attach()
-            await janus.message(
-                admin,
-                {
-                    "request": "create",
-                    "room": room,
-                    "description": "janus_ref benchmark",
-                    "is_private": True,
-                    "publishers": 1,
-                    "videocodec": "vp8",
-                    "bitrate": ROOM_BITRATE,
-                    "fir_freq": 0,
-                },
-            )
-            pub_handle, feed = await _publish(janus, room, pub_pc, track)
+            await janus.create_room(admin, room, ROOM_BITRATE, "janus_ref benchmark")
+            transceiver = pub_pc.addTransceiver(track, direction="sendonly")
+            vp8_only(transceiver)
+            await pub_pc.setLocalDescription(await pub_pc.createOffer())
+            pub_handle, feed = await publish_feed(janus, room, pub_pc)
             await janus.wait_for(pub_handle, "webrtcup", CONNECT_TIMEOUT)
             handles = await asyncio.gather(
-                *(_subscribe(janus, room, feed, sub) for sub in subs), return_exceptions=True
+                *(subscribe_feed(janus, room, feed, sub.pc) for sub in subs), return_exceptions=True
             )
             for handle in handles:
                 if isinstance(handle, BaseException):
@@ -765,10 +693,10 @@ async def _measure(server: JanusServer, k: int, seconds: float, warmup: float) -
             await asyncio.sleep(warmup)
 
             cpu0, self0, machine0 = server.cpu_seconds(), cpu_self(), machine_cpu()
-            bytes0, t0 = await _bytes_sent(pub_pc), time.monotonic()
+            bytes0, t0 = await bytes_sent(transceiver.sender), time.monotonic()
             await asyncio.sleep(seconds)
             cpu1, self1, machine1 = server.cpu_seconds(), cpu_self(), machine_cpu()
-            bytes1, t1 = await _bytes_sent(pub_pc), time.monotonic()
+            bytes1, t1 = await bytes_sent(transceiver.sender), time.monotonic()
 
             wall = t1 - t0
             per_sub = [sub.window(t0, t1, track.sent) for sub in subs]
@@ -869,19 +797,7 @@ def table(results: list[dict]) -> str:
             for r in results
         ]
         columns = (*COLUMNS[:3], ("marginal %/stream", "marginal", "{:.2f}"), *COLUMNS[3:])
-
-    def cell(result: dict, key: str, fmt: str) -> str:
-        value = result.get(key)
-        return "—" if value is None else fmt.format(value)
-
-    lines = [
-        "| " + " | ".join(title for title, _, _ in columns) + " |",
-        "|" + "---|" * len(columns),
-    ]
-    lines += [
-        "| " + " | ".join(cell(r, key, fmt) for _, key, fmt in columns) + " |" for r in results
-    ]
-    return "\n".join(lines)
+    return column_table(columns, results)
 
 
 def _interrupt(signum, frame):

@@ -67,14 +67,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make ``bench`` and ``media`` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import av
-from aiortc import (
-    RTCConfiguration,
-    RTCPeerConnection,
-    RTCRtpSender,
-    RTCSessionDescription,
-    VideoStreamTrack,
-)
+from aiortc import RTCPeerConnection, RTCSessionDescription
 
 from bench.common import (
     CLK_TCK,
@@ -92,12 +85,22 @@ from bench.common import (
     shown,
     stop_on_signals,
 )
+from bench.media_common import (
+    BITS,
+    FPS,
+    CounterTrack,
+    bytes_sent,
+    column_table,
+    fmt,
+    loopback_only,
+    markdown,
+    new_peer_connection,
+    read_counter,
+    rtc_config,
+    vp8_only,
+)
 
-W, H, FPS = 640, 480, 30
 FRAME_STEP = 90_000 // FPS  # RTP timestamp units (90 kHz) per frame
-BITS = 16  # counter bits, one column each
-COLW = W // BITS
-SAMPLE_ROWS = (H // 8, H // 4, 3 * H // 8)
 ROOM = "bench"
 MODES = ("fwd", "relay", "janus")
 NAMES = {"fwd": "forwarding (media.sfu)", "relay": "MediaRelay", "janus": "Janus VideoRoom"}
@@ -113,19 +116,6 @@ LOSS_RULE = ("fwd", "janus")
 # =====================================================================================
 
 
-def loopback_only() -> None:
-    """aiortc gathers host candidates on 127.0.0.1 only in this process (aioice
-    leaves loopback out of its list), and so binds its sockets there."""
-    import aioice.ice
-
-    aioice.ice.get_host_addresses = lambda use_ipv4=True, use_ipv6=False: [HOST]
-
-
-def rtc_config() -> RTCConfiguration:
-    """No STUN (aiortc's default asks stun.l.google.com)."""
-    return RTCConfiguration(iceServers=[])
-
-
 def pin_vp8_bitrate(bps: int) -> None:
     """Every VP8 encoder of this process encodes at ``bps``; REMB is ignored, so
     the three servers carry the same stream whatever their estimators say."""
@@ -134,16 +124,6 @@ def pin_vp8_bitrate(bps: int) -> None:
     vpx.DEFAULT_BITRATE = bps
     vpx.Vp8Encoder.target_bitrate = property(
         vpx.Vp8Encoder.target_bitrate.fget, lambda self, value: None
-    )
-
-
-def vp8_only(transceiver) -> None:
-    transceiver.setCodecPreferences(
-        [
-            c
-            for c in RTCRtpSender.getCapabilities("video").codecs
-            if c.mimeType.lower() in ("video/vp8", "video/rtx")
-        ]
     )
 
 
@@ -222,7 +202,7 @@ def server_main(args) -> None:
                 state["decoded"] += 1
 
         async def publish(request):
-            pc = RTCPeerConnection(rtc_config())
+            pc = new_peer_connection()
             pcs.add(pc)
 
             @pc.on("track")
@@ -240,7 +220,7 @@ def server_main(args) -> None:
         async def subscribe(request):
             if state["source"] is None:
                 return web.Response(status=404, text="no publisher")
-            pc = RTCPeerConnection(rtc_config())
+            pc = new_peer_connection()
             pcs.add(pc)
             await pc.setRemoteDescription(
                 RTCSessionDescription(sdp=await request.text(), type="offer")
@@ -281,50 +261,6 @@ def server_main(args) -> None:
 # =====================================================================================
 
 
-class CounterTrack(VideoStreamTrack):
-    """640x480 at 30 fps: the frame number in the top half, moving noise below
-    (a window sliding through a random buffer by an odd step, so that the
-    encoder spends its bit rate)."""
-
-    kind = "video"
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.count = 0
-        self.half = W * (H // 2)
-        self.noise = os.urandom(self.half * 3)
-        self.chroma = bytes([128]) * (W // 2 * H // 2)
-        self.columns = (b"\x10" * COLW, b"\xeb" * COLW)
-
-    async def recv(self) -> av.VideoFrame:
-        pts, time_base = await self.next_timestamp()
-        n = self.count % (1 << BITS)
-        row = b"".join(self.columns[(n >> (BITS - 1 - c)) & 1] for c in range(BITS))
-        offset = (self.count * (3 * W + 5)) % (len(self.noise) - self.half)
-        frame = av.VideoFrame(W, H, "yuv420p")
-        frame.planes[0].update(row * (H // 2) + self.noise[offset : offset + self.half])
-        frame.planes[1].update(self.chroma)
-        frame.planes[2].update(self.chroma)
-        frame.pts, frame.time_base = pts, time_base
-        self.count += 1
-        return frame
-
-
-def read_counter(frame: av.VideoFrame) -> int | None:
-    """The counter of a decoded :class:`CounterTrack` frame (None if not 640x480)."""
-    if frame.width != W or frame.height != H:
-        return None
-    plane = frame.planes[0]
-    luma = memoryview(plane)
-    stride = plane.line_size
-    n = 0
-    for c in range(BITS):
-        x = c * COLW + COLW // 2
-        ones = sum(luma[y * stride + x] > 128 for y in SAMPLE_ROWS)
-        n = (n << 1) | (ones * 2 > len(SAMPLE_ROWS))
-    return n
-
-
 async def _wait_connected(pc: RTCPeerConnection, within: float) -> None:
     deadline = time.monotonic() + within
     while pc.connectionState != "connected":
@@ -333,31 +269,12 @@ async def _wait_connected(pc: RTCPeerConnection, within: float) -> None:
         await asyncio.sleep(0.05)
 
 
-async def _janus_create_room(janus, bitrate: int) -> int:
-    room = secrets.randbelow(1 << 40) + 1
-    admin = await janus.attach()
-    await janus.message(
-        admin,
-        {
-            "request": "create",
-            "room": room,
-            "description": "bench.sfu",
-            "is_private": True,
-            "publishers": 1,
-            "videocodec": "vp8",
-            "bitrate": bitrate,
-            "fir_freq": 0,
-        },
-    )
-    return room
-
-
 async def _publisher(conn, spec: dict) -> None:
     import aiohttp
 
     loopback_only()
     pin_vp8_bitrate(spec["bitrate"] * 1000)
-    pc = RTCPeerConnection(rtc_config())
+    pc = new_peer_connection()
     track = CounterTrack()
     transceiver = pc.addTransceiver(track, direction="sendonly")
     vp8_only(transceiver)
@@ -367,23 +284,16 @@ async def _publisher(conn, spec: dict) -> None:
         try:
             await pc.setLocalDescription(await pc.createOffer())
             if spec["mode"] == "janus":
-                from bench.janus_ref import JanusSession
+                from bench.janus_ref import JanusSession, publish_feed
 
                 janus = JanusSession(http, spec["janus_url"], spec["janus_secret"])
                 await janus.create()
-                room = await _janus_create_room(janus, spec["bitrate"] * 1000)
-                handle = await janus.attach()
-                joined, _ = await janus.message(
-                    handle,
-                    {"request": "join", "ptype": "publisher", "room": room, "display": "pub"},
+                room = secrets.randbelow(1 << 40) + 1
+                await janus.create_room(
+                    await janus.attach(), room, spec["bitrate"] * 1000, "bench.sfu"
                 )
-                offer = {"type": "offer", "sdp": pc.localDescription.sdp}
-                _, answer = await janus.message(handle, {"request": "publish"}, jsep=offer)
-                await pc.setRemoteDescription(
-                    RTCSessionDescription(sdp=answer["sdp"], type=answer["type"])
-                )
-                await janus.trickle_done(handle)
-                info = {"room": room, "feed": joined["id"]}
+                _, feed = await publish_feed(janus, room, pc)
+                info = {"room": room, "feed": feed}
             else:
                 url = f"http://{HOST}:{spec['port']}/publish"
                 async with http.post(url, data=pc.localDescription.sdp) as r:
@@ -401,8 +311,7 @@ async def _publisher(conn, spec: dict) -> None:
         while True:
             message = await asyncio.to_thread(conn.recv)
             if message[0] == "mark":
-                stats = await sender.getStats()
-                sent = sum(s.bytesSent for s in stats.values() if s.type == "outbound-rtp")
+                sent = await bytes_sent(sender)
                 conn.send(("marked", {"t": time.monotonic(), "frames": track.count, "bytes": sent}))
             elif message[0] == "stop":
                 await pc.close()
@@ -550,7 +459,7 @@ class Subscriber:
     """A receive-only peer connection whose receiver is a :class:`StreamCounter`."""
 
     def __init__(self, check: bool) -> None:
-        self.pc = RTCPeerConnection(rtc_config())
+        self.pc = new_peer_connection()
         self.check = check
         self.counter: StreamCounter | None = None
         self.checker = Checker() if check else None
@@ -584,17 +493,9 @@ class Subscriber:
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
     async def connect_janus(self, janus, room: int, feed: int) -> None:
-        handle = await janus.attach()
-        body = {"request": "join", "ptype": "subscriber", "room": room, "streams": [{"feed": feed}]}
-        _, offer = await janus.message(handle, body)
-        if offer is None:
-            raise RuntimeError("Janus subscriber join: no SDP offer")
-        await self.pc.setRemoteDescription(RTCSessionDescription(**offer))
-        self.hook()
-        await self.pc.setLocalDescription(await self.pc.createAnswer())
-        answer = {"type": "answer", "sdp": self.pc.localDescription.sdp}
-        await janus.message(handle, {"request": "start"}, jsep=answer)
-        await janus.trickle_done(handle)
+        from bench.janus_ref import subscribe_feed
+
+        await subscribe_feed(janus, room, feed, self.pc, on_offer=self.hook)
 
     @property
     def receiving(self) -> bool:
@@ -1041,10 +942,6 @@ def progress_line(row: dict) -> str:
 # =====================================================================================
 
 
-def fmt(value, spec: str) -> str:
-    return "—" if value is None else spec.format(value)
-
-
 MODE_COLUMNS = (
     ("K", "k", "{}"),
     ("server CPU %", "server_cpu", "{:.1f}"),
@@ -1068,17 +965,8 @@ MODE_COLUMNS = (
 )
 
 
-def markdown(head: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
 def mode_table(result: dict) -> str:
-    return markdown(
-        [title for title, _, _ in MODE_COLUMNS],
-        [[fmt(row.get(key), spec) for _, key, spec in MODE_COLUMNS] for row in result["rows"]],
-    )
+    return column_table(MODE_COLUMNS, result["rows"])
 
 
 def good(row: dict, args, mode: str) -> bool:
@@ -1226,8 +1114,8 @@ def parse_args(argv):
     parser.add_argument("--clients", type=int, default=2, help="subscriber processes")
     parser.add_argument("--connect-concurrency", type=int, default=CONNECT_CONCURRENCY)
     parser.add_argument("--stop-fps", type=float, default=29.0)
-    parser.add_argument("--stop-loss", type=float, default=1.0, help="% of frames")
-    parser.add_argument("--stop-cpu", type=float, default=90.0, help="% of one core")
+    parser.add_argument("--stop-loss", type=float, default=1.0, help="%% of frames")
+    parser.add_argument("--stop-cpu", type=float, default=90.0, help="%% of one core")
     parser.add_argument(
         "--uvloop", action="store_true", help="servers on uvloop (default: asyncio, as daphne)"
     )
