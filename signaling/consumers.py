@@ -625,7 +625,25 @@ class MeetConsumer(EnvelopeConsumer):
             await self._reload()
             me = self._me()
             self._allowed(me, Action.SIGNAL)
-            target = self.room.participants.get(message.to)
+        target = self._reachable(message.to)
+        if me.role is Role.VIEWER and target.role is Role.VIEWER:
+            raise refusal("not_allowed")
+        await self._relay(
+            target,
+            {
+                "type": "meet.signal",
+                "from": self.pid,
+                "to": target.pid,
+                "description": msgspec.to_builtins(message.description),
+                "candidate": msgspec.to_builtins(message.candidate),
+            },
+        )
+        return p.Ok() if message.id else None
+
+    def _reachable(self, pid: str) -> rules.Participant:
+        """Participant ``pid`` of our copy of the room, if a message can reach
+        them: someone else, admitted and connected; else refused."""
+        target = self.room.participants.get(pid)
         if (
             target is None
             or target.pid == self.pid
@@ -633,23 +651,15 @@ class MeetConsumer(EnvelopeConsumer):
             or target.channel is None
         ):
             raise refusal("peer_unavailable", ErrorCode.NOT_FOUND)
-        if me.role is Role.VIEWER and target.role is Role.VIEWER:
-            raise refusal("not_allowed")
+        return target
+
+    async def _relay(self, target: rules.Participant, event: dict) -> None:
+        """Send ``event`` to ``target``'s socket (through the channel layer)."""
         try:
-            await self.channel_layer.send(
-                target.channel,
-                {
-                    "type": "meet.signal",
-                    "from": self.pid,
-                    "to": target.pid,
-                    "description": msgspec.to_builtins(message.description),
-                    "candidate": msgspec.to_builtins(message.candidate),
-                },
-            )
+            await self.channel_layer.send(target.channel, event)
         except ChannelFull:
             # The other process's queue is full: say so; the page sends again.
             raise refusal("relay_busy", ErrorCode.RATE_LIMITED) from None
-        return p.Ok() if message.id else None
 
     def _allowed(self, me: rules.Participant, action: Action) -> None:
         if self.room.ended:
@@ -809,20 +819,8 @@ class MeetConsumer(EnvelopeConsumer):
     async def sfu_ready(self, message: p.SfuReady) -> p.Ok | None:
         me = self._me()
         self._allowed(me, Action.SIGNAL)
-        target = self.room.participants.get(message.to)
-        if (
-            target is None
-            or target.pid == self.pid
-            or target.status is not Status.ADMITTED
-            or target.channel is None
-        ):
-            raise refusal("peer_unavailable", ErrorCode.NOT_FOUND)
-        try:
-            await self.channel_layer.send(
-                target.channel, {"type": "meet.sfu_ready", "from": self.pid, "to": target.pid}
-            )
-        except ChannelFull:
-            raise refusal("relay_busy", ErrorCode.RATE_LIMITED) from None
+        target = self._reachable(message.to)
+        await self._relay(target, {"type": "meet.sfu_ready", "from": self.pid, "to": target.pid})
         return p.Ok() if message.id else None
 
     async def _check_media(self, room: Room) -> None:

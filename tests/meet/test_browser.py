@@ -218,6 +218,18 @@ async def admitted_call(stack, base: str, meeting, key: str):
     return clerk, resident
 
 
+async def admitted_resident(stack, base: str, meeting, clerk, name: str):
+    """One more resident (guest link, a browser of their own), let in by the clerk."""
+    browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
+    resident = await (await browser.new_context()).new_page()
+    record_console(resident)
+    await resident.goto(f"{base}/meet/{meeting.code}/?name={name}")
+    await resident.click("#join-button")
+    await clerk.locator('#queue-list button[data-action="admit"]').click()
+    await resident.wait_for_selector("#meeting-view:not([hidden])")
+    return resident
+
+
 @topologies
 @pytest.mark.django_db(transaction=True)
 async def test_clerk_and_resident_meet_in_two_browsers(meeting_server, sfu):
@@ -425,13 +437,7 @@ async def test_someone_let_in_while_another_is_away_meets_them_when_they_return(
             "window.egminaMeeting.room.participants.some((p) => !p.connected)",
         )
         # Meanwhile the clerk lets a second resident in.
-        browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
-        second = await (await browser.new_context()).new_page()
-        record_console(second)
-        await second.goto(f"{base}/meet/{meeting.code}/?name=Ewa")
-        await second.click("#join-button")
-        await clerk.locator('#queue-list button[data-action="admit"]').click()
-        await second.wait_for_selector("#meeting-view:not([hidden])")
+        second = await admitted_resident(stack, base, meeting, clerk, "Ewa")
         first_pid = await first.evaluate("window.egminaMeeting.you")
         # The first resident's network is back: same place, and the two meet.
         blocked["on"] = False
@@ -524,13 +530,7 @@ async def test_three_people_outgrow_a_mesh_of_two_and_move_to_the_unit_without_l
             assert await page.evaluate("window.egminaMeeting.links.size") == 1
             await page.evaluate(WATCH_TILES)
         before = {page: await page.evaluate("window.egminaMeeting.you") for page in (clerk, first)}
-        browser = await stack.enter_async_context(headless_chromium(FAKE_MEDIA_ARGS))
-        second = await (await browser.new_context()).new_page()
-        record_console(second)
-        await second.goto(f"{base}/meet/{meeting.code}/?name=Ewa")
-        await second.click("#join-button")
-        await clerk.locator('#queue-list button[data-action="admit"]').click()
-        await second.wait_for_selector("#meeting-view:not([hidden])")
+        second = await admitted_resident(stack, base, meeting, clerk, "Ewa")
         assert await second.evaluate("window.egminaMeeting.room.topology") == "sfu"
         for page in (clerk, first, second):
             await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "2"), timeout=60)

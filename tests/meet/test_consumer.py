@@ -4,7 +4,6 @@ moderator controls, and what the office keeps (the log, the chat)."""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import time
 
@@ -44,22 +43,6 @@ def _memory_layer(settings):
     # One process: the in-memory channel layer (channels_redis's teardown waits
     # on a blocking BZPOPMIN). tests/meet/test_multiprocess.py uses Redis.
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-
-
-@pytest.fixture
-async def connect():
-    """open_socket() whose sockets are all closed at the end of the test."""
-    opened = []
-
-    async def open_(code, **kwargs):
-        socket = await open_socket(code, **kwargs)
-        opened.append(socket)
-        return socket
-
-    yield open_
-    for socket in opened:
-        with contextlib.suppress(Exception):
-            await socket.disconnect()
 
 
 @pytest.fixture

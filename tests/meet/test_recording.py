@@ -69,23 +69,6 @@ async def publishers():
             await peer.pc.close()
 
 
-@pytest.fixture
-async def connect():
-    from tests.meet.helpers import open_socket
-
-    opened = []
-
-    async def open_(code, **kwargs):
-        socket = await open_socket(code, **kwargs)
-        opened.append(socket)
-        return socket
-
-    yield open_
-    for socket in opened:
-        with contextlib.suppress(Exception):
-            await socket.disconnect()
-
-
 def told(socket) -> bool:
     """Whether the socket has been sent a room that says "recording" (read
     already, or waiting to be read)."""

@@ -51,23 +51,6 @@ async def peers():
             await (peer.close() if isinstance(peer, Subscriber) else peer.pc.close())
 
 
-@pytest.fixture
-async def connect():
-    from tests.meet.helpers import open_socket
-
-    opened = []
-
-    async def open_(code, **kwargs):
-        socket = await open_socket(code, **kwargs)
-        opened.append(socket)
-        return socket
-
-    yield open_
-    for socket in opened:
-        with contextlib.suppress(Exception):
-            await socket.disconnect()
-
-
 def sessions(code: str, pid: str, kind: str | None = None) -> list:
     """The unit's live sessions of participant ``pid``."""
     owner = f"meet:{code}:{pid}"

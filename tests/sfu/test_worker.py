@@ -106,6 +106,12 @@ class WorkerProcesses:
         argv = [PYTHON, "-m", "media.worker", "--id", worker_id]
         self.procs[worker_id] = subprocess.Popen(argv, cwd=ROOT, env=self.env)
 
+    async def up(self, *ids: str) -> None:
+        """Start the workers ``ids`` and wait until they have all announced."""
+        for worker_id in ids:
+            self.start(worker_id)
+        await self.announced(*ids)
+
     async def announced(self, *ids: str, timeout: float = 60) -> None:
         registry = get_registry()
 
@@ -327,9 +333,7 @@ async def test_a_publish_given_up_by_its_caller_leaves_no_ghost_publisher(worker
 async def test_rooms_go_to_the_least_loaded_worker_and_refusals_come_back(
     worker_processes, worker_mode
 ):
-    worker_processes.start("wa")
-    worker_processes.start("wb")
-    await worker_processes.announced("wa", "wb")
+    await worker_processes.up("wa", "wb")
     registry = get_registry()
     offers = []  # publishers that only negotiate: load without media
 
@@ -398,9 +402,7 @@ async def test_rooms_go_to_the_least_loaded_worker_and_refusals_come_back(
 async def test_a_worker_killed_with_sigkill_its_stream_is_placed_again_and_media_flows(
     worker_processes, worker_mode
 ):
-    worker_processes.start("wa")
-    worker_processes.start("wb")
-    await worker_processes.announced("wa", "wb")
+    await worker_processes.up("wa", "wb")
     registry = get_registry()
     stream = "killed-" + secrets.token_hex(3)
     events = await listen_events(room_topic(stream))

@@ -19,6 +19,21 @@ const STUCK_MS = 8000;
 
 const VIDEO_MAX_BITRATE = 500_000; // bits per second, per receiving participant
 
+/** Cap what a video sender sends (the first encoding) at maxBitrate bits per
+ * second, degrading resolution and frame rate in balance; a browser that
+ * refuses sends as it would. Also used by sfu.js for its publication. */
+export async function capBitrate(sender, maxBitrate) {
+  try {
+    const parameters = sender.getParameters();
+    if (!parameters.encodings || !parameters.encodings.length) parameters.encodings = [{}];
+    parameters.encodings[0].maxBitrate = maxBitrate;
+    parameters.degradationPreference = "balanced";
+    await sender.setParameters(parameters);
+  } catch (error) {
+    console.debug("bitrate cap not applied", error);
+  }
+}
+
 export class PeerLink {
   /**
    * @param {object} options
@@ -176,21 +191,9 @@ export class PeerLink {
     } else {
       this.senders[kind] = this.pc.addTrack(track, stream);
     }
-    if (kind === "video") this._capBitrate(this.senders.video);
-  }
-
-  // A mesh sends one copy per participant: cap each so that a phone on a
-  // rural uplink can send to several people and keep the sound.
-  async _capBitrate(sender) {
-    try {
-      const parameters = sender.getParameters();
-      if (!parameters.encodings || !parameters.encodings.length) parameters.encodings = [{}];
-      parameters.encodings[0].maxBitrate = VIDEO_MAX_BITRATE;
-      parameters.degradationPreference = "balanced";
-      await sender.setParameters(parameters);
-    } catch (error) {
-      console.debug("bitrate cap not applied", error);
-    }
+    // A mesh sends one copy per participant: cap each so that a phone on a
+    // rural uplink can send to several people and keep the sound.
+    if (kind === "video") capBitrate(this.senders.video, VIDEO_MAX_BITRATE);
   }
 
   /** A message from the other side: handled strictly in order. */

@@ -9,6 +9,8 @@
 // growing pauses. Plain ES module, no build step; the messages are
 // sfu_publish / sfu_subscribe / sfu_close (signaling/protocol.py).
 
+import { capBitrate } from "./peer.js";
+
 // How long to wait for ICE gathering before offering what there is.
 const GATHER_MAX_MS = 3000;
 // Pauses between attempts: from RETRY_FIRST_MS, doubling, at most RETRY_MAX_MS.
@@ -204,16 +206,7 @@ export class SfuLink {
 
   async _capBitrate(pc) {
     const sender = pc.getTransceivers()[KINDS.indexOf("video")]?.sender;
-    if (!sender) return;
-    try {
-      const parameters = sender.getParameters();
-      if (!parameters.encodings || !parameters.encodings.length) parameters.encodings = [{}];
-      parameters.encodings[0].maxBitrate = VIDEO_MAX_BITRATE;
-      parameters.degradationPreference = "balanced";
-      await sender.setParameters(parameters);
-    } catch (error) {
-      console.debug("bitrate cap not applied", error);
-    }
+    if (sender) await capBitrate(sender, VIDEO_MAX_BITRATE);
   }
 
   _closeSession(session) {
