@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import pytest
 from channels.db import database_sync_to_async as sync_to_async
-from conftest import FAKE_MEDIA_ARGS, headless_chromium, url_of_test_database
+from conftest import FAKE_MEDIA_ARGS, ROOT, headless_chromium, url_of_test_database
 from test_accessibility import OVERFLOW, axe_report, axe_violations
 
 from signaling.rules import Kind
@@ -595,3 +595,58 @@ async def test_everyone_sees_that_the_meeting_is_recorded(meeting_server, tmp_pa
         await clerk.click("#toggle-recording")
         await resident.wait_for_selector("#recording-indicator", state="hidden")
         assert len(await files("*.webm", 2)) == 2
+
+
+# Every link of this page to the forwarding unit is on the media worker WORKER.
+ON_WORKER = """() => {
+  const sfu = window.egminaMeeting.sfu;
+  const links = [sfu.publisher, ...[...sfu.subs.values()].map(({ link }) => link)];
+  return links.every((link) => link.session?.startsWith("WORKER."));
+}"""
+
+
+@pytest.mark.django_db(transaction=True)
+async def test_through_a_media_worker_that_dies_the_call_comes_back_on_another(
+    meeting_server, hub_processes
+):
+    """Production's shape: daphne in worker mode, the forwarding unit in a
+    ``python -m media.worker`` process. The worker carrying the call is
+    killed (SIGKILL); a second one is running; both pages publish and
+    subscribe again by themselves and see each other through it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from signaling.services import create_meeting
+
+    fast = {"MEDIA_HEARTBEAT_SECONDS": "0.5", "MEDIA_WORKER_TTL": "3", "MEET_FORCE_SFU": "1"}
+    env = {**hub_processes.env, **fast}
+
+    def worker(worker_id: str) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "media.worker", "--id", worker_id]
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env)
+        hub_processes.procs.append(proc)
+        return proc
+
+    first = worker("meet-a")
+    meeting, key = await sync_to_async(create_meeting)(Kind.CONSULTATION, "Konsultacja")
+    base = meeting_server(env={**fast, "MEDIA_MODE": "worker"})
+    async with contextlib.AsyncExitStack() as stack:
+        clerk, resident = await admitted_call(stack, base, meeting, key)
+        for page in (clerk, resident):
+            await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"), timeout=60)
+        for page in (clerk, resident):
+            assert await page.evaluate(ON_WORKER.replace("WORKER", "meet-a"))
+        worker("meet-b")
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        # Nobody touches the pages: they notice their links to the dead
+        # worker fail, offer again, and the room is placed on meet-b.
+        started = time.monotonic()
+        on_b = ON_WORKER.replace("WORKER", "meet-b")
+        for page in (clerk, resident):
+            await wait_for(page, on_b, timeout=60)
+            await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"), timeout=60)
+            await wait_for(page, REMOTE_VIDEO_PLAYS, timeout=30)
+        print(f"media back through the other worker after {time.monotonic() - started:.1f} s")
