@@ -320,7 +320,7 @@ class Sfu:
             await pc.setLocalDescription(await pc.createAnswer())
         except OperationError as exc:
             await self._discard(session)
-            raise NoCommonCodec("no_common_codec", f"no codec in common: {exc}") from exc
+            raise NoCommonCodec("no_common_codec", self._codec_refusal(session)) from exc
         except MediaError:
             await self._discard(session)
             raise
@@ -395,6 +395,21 @@ class Sfu:
                 log.info("publisher %s sent no media for %.0f s; closing", session.id, idle)
                 await self.close(session.id)
                 return
+
+    @staticmethod
+    def _codec_refusal(session: Session) -> str:
+        if session.kind == "publish":
+            return "the offer has no VP8, H.264 or Opus track this server can forward"
+        sent = []
+        for track in session.tracks:
+            codec = track.forwarder.codec
+            if codec is not None:
+                profile = codec.parameters.get("profile-level-id")
+                sent.append(f"{codec.mimeType} {profile}" if profile else codec.mimeType)
+        return (
+            f"the stream is sent as {', '.join(sent) or 'unknown codecs'}; "
+            "the player offers no decoder for it"
+        )
 
     def _register(self, room: Room, session: Session) -> None:
         room.sessions[session.id] = session

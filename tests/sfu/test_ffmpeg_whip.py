@@ -53,8 +53,9 @@ def ffmpeg_whip(url: str, key: str, seconds: int, video: list[str]) -> subproces
 
 async def watch(base: str, seconds: float) -> dict:
     """An aiortc WHEP player: decoded video frames (with their size) and audio frames."""
-    # Like a browser, the player must offer H.264 High (libx264's default);
-    # aiortc alone offers only the baseline profiles its encoder makes.
+    # The player must offer H.264 High (libx264's default) to watch it; aiortc
+    # alone offers only the baseline profiles its encoder makes. (Debian's
+    # Chromium offers no High either: tests/sfu/test_browser_whep.py.)
     hooks.accept_h264_profiles()
     pc = RTCPeerConnection(NO_STUN)
     pc.addTransceiver("video", direction="recvonly")
@@ -111,7 +112,6 @@ async def test_ffmpeg_publishes_over_whip_and_a_whep_player_decodes_it(
         }
     )
     base = f"http://127.0.0.1:{port}"
-    video = ["-c:v", "libx264", "-bf", "0", "-g", "30"]
     video = ["-c:v", "libx264", "-bf", "0", "-g", "30"]
     publisher = ffmpeg_whip(f"{base}/whip/rada", key, 12, video)
     try:

@@ -8,6 +8,7 @@ import asyncio
 import time
 
 import pytest
+from aiortc import RTCRtpReceiver
 
 from media.sfu import room as sfu_room
 from media.sfu.forwarder import Forwarder
@@ -301,3 +302,18 @@ async def test_the_active_speaker_is_told_on_the_rooms_topic():
     await unit.close_all()
     await quiet.pc.close()
     await loud.pc.close()
+
+
+async def test_a_player_without_the_publishers_codec_is_told_which_it_is(sfu):
+    """The publisher sends H.264; a player that offers VP8 only gets 422 naming it."""
+    publisher = await publish(sfu, video_codec="video/H264", audio=False)
+    player = Subscriber(audio=False)
+    transceiver = player.pc.getTransceivers()[0]
+    caps = RTCRtpReceiver.getCapabilities("video").codecs
+    transceiver.setCodecPreferences([c for c in caps if c.mimeType in ("video/VP8", "video/rtx")])
+    with pytest.raises(sfu_room.NoCommonCodec) as refused:
+        await sfu.subscribe("r", await player.offer(), owner="v")
+    assert "video/H264" in refused.value.detail
+    assert sfu.peers == 1
+    await publisher.pc.close()
+    await player.pc.close()
