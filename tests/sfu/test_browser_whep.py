@@ -21,9 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from media.models import Stream
-from tests.conftest import FAKE_MEDIA_ARGS, headless_chromium, url_of_test_database
-from tests.sfu.test_ffmpeg_whip import ffmpeg_whip, http, watch
+from tests.conftest import FAKE_MEDIA_ARGS, headless_chromium
+from tests.sfu.test_ffmpeg_whip import ffmpeg_whip, http, start_hub, wait_published, watch
 
 pytestmark = [
     pytest.mark.integration,
@@ -175,33 +174,6 @@ def page_origin():
     server.shutdown()
     server.server_close()
     thread.join(timeout=5)
-
-
-async def start_hub(hub_processes) -> tuple[str, str]:
-    """A stream and a daphne serving it: its URL and the publish key."""
-    stream = Stream(slug="rada", title="Sesja")
-    key, _ = stream.set_keys()
-    await stream.asave()
-    port = hub_processes.daphne(
-        {
-            "DATABASE_URL": url_of_test_database(),
-            "MEDIA_MODE": "embedded",
-            "MEDIA_ICE_ADDRESSES": "127.0.0.1",
-            "MEDIA_OFFERS_PER_IP_PER_MINUTE": "1000",  # the tests poll until the stream is up
-        }
-    )
-    return f"http://127.0.0.1:{port}", key
-
-
-async def wait_published(base: str, timeout: float = 10) -> None:
-    """Until WHEP stops answering 404 no_publisher."""
-    deadline = time.monotonic() + timeout
-    while True:
-        status, _, body = await asyncio.to_thread(http, "POST", f"{base}/whep/rada", "v=0\r\n")
-        if status != 404:
-            return
-        assert time.monotonic() < deadline, f"never published: {body}"
-        await asyncio.sleep(0.2)
 
 
 async def open_page(browser, origin: str):

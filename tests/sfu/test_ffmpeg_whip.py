@@ -95,11 +95,8 @@ async def watch(base: str, seconds: float) -> dict:
     return got
 
 
-async def test_ffmpeg_publishes_over_whip_and_a_whep_player_decodes_it(
-    hub_processes, async_db_closed
-):
-    """FFmpeg's WHIP muxer sends H.264 only (it refuses VP8), with libx264's
-    default High profile; WebRTC has no B-frames, so FFmpeg needs ``-bf 0``."""
+async def start_hub(hub_processes) -> tuple[str, str]:
+    """A stream and a daphne serving it: its URL and the publish key."""
     stream = Stream(slug="rada", title="Sesja")
     key, _ = stream.set_keys()
     await stream.asave()
@@ -108,20 +105,33 @@ async def test_ffmpeg_publishes_over_whip_and_a_whep_player_decodes_it(
             "DATABASE_URL": url_of_test_database(),
             "MEDIA_MODE": "embedded",
             "MEDIA_ICE_ADDRESSES": "127.0.0.1",
-            "MEDIA_OFFERS_PER_IP_PER_MINUTE": "1000",  # the test polls until the stream is up
+            "MEDIA_OFFERS_PER_IP_PER_MINUTE": "1000",  # the tests poll until the stream is up
         }
     )
-    base = f"http://127.0.0.1:{port}"
+    return f"http://127.0.0.1:{port}", key
+
+
+async def wait_published(base: str, timeout: float = 10) -> None:
+    """Until WHEP stops answering 404 no_publisher."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status, _, body = await asyncio.to_thread(http, "POST", f"{base}/whep/rada", "v=0\r\n")
+        if status != 404:
+            return
+        assert time.monotonic() < deadline, f"never published: {body}"
+        await asyncio.sleep(0.2)
+
+
+async def test_ffmpeg_publishes_over_whip_and_a_whep_player_decodes_it(
+    hub_processes, async_db_closed
+):
+    """FFmpeg's WHIP muxer sends H.264 only (it refuses VP8), with libx264's
+    default High profile; WebRTC has no B-frames, so FFmpeg needs ``-bf 0``."""
+    base, key = await start_hub(hub_processes)
     video = ["-c:v", "libx264", "-bf", "0", "-g", "30"]
     publisher = ffmpeg_whip(f"{base}/whip/rada", key, 12, video)
     try:
-        # the stream is up once WHEP stops answering 404
-        deadline = time.monotonic() + 10
-        while True:
-            status, _, _ = await asyncio.to_thread(http, "POST", f"{base}/whep/rada", "v=0\r\n")
-            if status != 404 or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.3)
+        await wait_published(base)
         got = await watch(base, 5)
     finally:
         _, errors = publisher.communicate(timeout=30)
