@@ -12,6 +12,13 @@ subscribes to each other one who publishes; the sessions are closed when the
 room no longer allows them (the participant left, was sent back or removed,
 lost the floor, reloaded the page; the meeting ended).
 
+Each joined socket also listens, on the hub's topic bus, to its meeting's media
+room (``meet-<code>``, topic ``media.meet-<code>``): when the media plane says
+that room lost its media worker (``media.reconnect``), the participant, if in
+the call through the unit, is sent a ``notice`` ``media_reconnect`` and
+publishes and subscribes again at once instead of waiting for its connections
+to fail. One bus listener per socket, from ``join`` until the socket goes.
+
 Recording (only through the forwarding unit): a moderator's ``record`` is
 stored and told to everyone first. Each participant's publication is then
 recorded by that participant's own socket, right after it has sent them a room
@@ -40,9 +47,10 @@ from django.utils import translation
 from django.utils.translation import gettext_lazy as _
 
 from hub.auth import principal_of
+from hub.bus import get_bus
 from hub.clock import Clock, system_clock
 from hub.consumers import EnvelopeConsumer
-from hub.envelope import HUB_PROTOCOL, CloseCode, EnvelopeError, ErrorCode
+from hub.envelope import HUB_PROTOCOL, CloseCode, EnvelopeError, ErrorCode, encode
 from hub.live import SessionLimits
 from hub.ratelimit import TokenBucket
 from hub.roles import Role as AccountRole
@@ -204,6 +212,18 @@ _MEDIA_CODES = {
 }
 
 
+class _MediaEvent(msgspec.Struct):
+    """What this consumer reads of a frame on a media room's topic."""
+
+    type: str
+    data: dict
+
+
+_media_event = msgspec.json.Decoder(_MediaEvent)
+# Only these frames are decoded: the topic also carries media.speaker and the like.
+_RECONNECT_MARK = '"type":"media.reconnect"'
+
+
 def _media_service():
     from media import service
 
@@ -306,6 +326,8 @@ class MeetConsumer(EnvelopeConsumer):
         # "recording" (None: the last one did not): until then nothing of this
         # participant is recorded.
         self.shown_recording: float | None = None
+        # Listens to the media room's topic from join until the socket goes.
+        self._media_events: asyncio.Task | None = None
         self.limits_rules = services.limits()
         m = settings.MEETINGS
         self.chat_bucket = TokenBucket(
@@ -336,6 +358,9 @@ class MeetConsumer(EnvelopeConsumer):
             except Exception:
                 log.exception("meeting %s: could not mark %s away", self.code, pid)
             await self.channel_layer.group_discard(self.group, self.channel_name)
+        # Cancelled here, awaited with the other tasks by the base: its finally
+        # removes the bus listener.
+        self._stop_media_events()
         await super().disconnect(code)
 
     async def _heartbeat_forever(self):
@@ -506,6 +531,7 @@ class MeetConsumer(EnvelopeConsumer):
         reply.id = message.id
         await self.send_message(reply)
         self._shown(self.room)
+        self._hear_media_events()
         return None
 
     async def _enter(
@@ -860,6 +886,65 @@ class MeetConsumer(EnvelopeConsumer):
             _CHECKED.pop(self.code, None)
             _forget_recordings(self.code)
 
+    # --- Told by the media plane ------------------------------------------------------
+
+    def _hear_media_events(self) -> None:
+        """Listen to the meeting's media room topic until the socket goes
+        (a task of this socket: joining does not wait for the bus, and every
+        way out, disconnect() above all, cancels it)."""
+        if self._media_events is None:
+            task = asyncio.get_running_loop().create_task(self._media_events_forever())
+            self._media_events = task
+            self._tasks.append(task)  # cancelled and awaited by the base's disconnect()
+
+    def _stop_media_events(self) -> None:
+        task = getattr(self, "_media_events", None)
+        if task is not None:
+            task.cancel()
+
+    async def _media_events_forever(self) -> None:
+        from media.registry import room_topic
+
+        bus, topic = get_bus(), room_topic(self._stream())
+        try:
+            await bus.listen(topic, self._on_media_event)
+        except Exception:
+            # Best effort: without it the page still notices its links fail.
+            log.warning("meeting %s: cannot listen to %s", self.code, topic, exc_info=True)
+            return
+        try:
+            await asyncio.Future()  # until cancelled
+        finally:
+            # The listener is removed before unlisten's first await: a second
+            # cancellation cannot leave it behind.
+            await bus.unlisten(topic, self._on_media_event)
+
+    def _on_media_event(self, topic: str, seq: int, frame: str) -> None:
+        """A frame on the media room's topic (called by the bus, in its
+        reader: nothing here waits). ``media.reconnect``: the room lost its
+        media worker; a participant in the call through the unit is told."""
+        if _RECONNECT_MARK not in frame or self.pid is None or self.room is None:
+            return
+        try:
+            event = _media_event.decode(frame)
+        except msgspec.DecodeError:  # ValidationError too
+            return
+        data = event.data
+        if event.type != "media.reconnect" or data.get("room") != self._stream():
+            return
+        room = self.room
+        me = room.participants.get(self.pid)
+        if me is None or me.status is not Status.ADMITTED or room.ended:
+            return
+        if rules.topology(room, self.limits_rules) != "sfu":
+            return  # the page has no connection to the unit
+        worker, reason = data.get("worker"), data.get("reason")
+        detail = {
+            "worker": worker if isinstance(worker, str) else None,
+            "reason": reason if isinstance(reason, str) else "worker_lost",
+        }
+        self.push(encode(p.Notice(event="media_reconnect", detail=detail)))
+
     # --- Recording (through the forwarding unit) -----------------------------------
 
     def _shown(self, room: Room) -> None:
@@ -1065,6 +1150,7 @@ class MeetConsumer(EnvelopeConsumer):
 
     async def _finish(self, message, close_code: CloseCode) -> None:
         self.pid = None  # out of the meeting: disconnect() changes nothing more
+        self._stop_media_events()
         await self.channel_layer.group_discard(self.group, self.channel_name)
         await self.send_message(message)
         self.close_after_sending(close_code)

@@ -15,7 +15,11 @@ and ``sfu_subscribe`` (a receive-only offer for one participant whose
 the unit's answer with all its candidates: no trickle); ``sfu_close`` ends one
 of your sessions. ``sfu_ready`` tells another participant that you now get
 their media through the unit, so that the two of you can close your direct
-connection without a gap (relayed as ``sfu_ready`` with ``from``).
+connection without a gap (relayed as ``sfu_ready`` with ``from``). When the
+room's media worker dies (or stops), everyone in the call through the unit gets
+a ``notice`` ``media_reconnect`` (``detail``: ``worker``, the worker that is
+gone, and ``reason``, ``worker_lost`` or ``worker_stopped``): the sessions on
+that worker are gone, so the page publishes and subscribes again at once.
 
 ``record`` (``on``) turns recording on or off; the room's ``recording`` and
 ``recording_since`` tell everyone. A moderator is told with a ``notice``
@@ -220,6 +224,9 @@ class RoomView(Message, tag="room"):
 
 
 class Notice(Message, tag="notice"):
+    """Something done to you (``admitted``, ``muted``…), or that you must act
+    on: ``recording_failed`` (to those who moderate), ``media_reconnect``."""
+
     event: str
     by: str | None = None
     detail: dict[str, Any] = {}

@@ -603,6 +603,16 @@ ON_WORKER = """() => {
   const links = [sfu.publisher, ...[...sfu.subs.values()].map(({ link }) => link)];
   return links.every((link) => link.session?.startsWith("WORKER."));
 }"""
+# The page was told (notice media_reconnect) that its media worker is gone, and
+# its publication negotiated again because of it (sfu.js writes it down).
+TOLD_TO_RECONNECT = """() => {
+  const trace = window.egminaMeeting.sfu?.publisher?.trace || [];
+  return trace.includes("told:worker_lost");
+}"""
+# With a 0.5 s heartbeat and a 3 s TTL, the notice goes about 3 s after the
+# kill; the pages are back on the other worker within this many seconds of it
+# (about 4.5 s here; 13 s when they had to wait for their links to fail).
+BACK_WITHIN_SECONDS = 8.0
 
 
 @pytest.mark.django_db(transaction=True)
@@ -611,8 +621,10 @@ async def test_through_a_media_worker_that_dies_the_call_comes_back_on_another(
 ):
     """Production's shape: daphne in worker mode, the forwarding unit in a
     ``python -m media.worker`` process. The worker carrying the call is
-    killed (SIGKILL); a second one is running; both pages publish and
-    subscribe again by themselves and see each other through it."""
+    killed (SIGKILL); a second one is running; both pages are told to
+    reconnect (the sweep's ``media.reconnect``, a ``notice`` on their
+    sockets), publish and subscribe again at once and see each other through
+    it within BACK_WITHIN_SECONDS of the kill."""
     import os
     import signal
     import subprocess
@@ -638,15 +650,38 @@ async def test_through_a_media_worker_that_dies_the_call_comes_back_on_another(
             await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"), timeout=60)
         for page in (clerk, resident):
             assert await page.evaluate(ON_WORKER.replace("WORKER", "meet-a"))
-        worker("meet-b")
+        second = worker("meet-b")
+        await announced(env, "meet-b", second)
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
-        # Nobody touches the pages: they notice their links to the dead
-        # worker fail, offer again, and the room is placed on meet-b.
+        # Nobody touches the pages: the sweep finds meet-a silent past the
+        # TTL and tells the room; the pages offer again at once, without
+        # waiting for their links to fail, and the room is placed on meet-b.
         started = time.monotonic()
+        for page in (clerk, resident):
+            await wait_for(page, TOLD_TO_RECONNECT, timeout=30)
+        told = time.monotonic() - started
         on_b = ON_WORKER.replace("WORKER", "meet-b")
         for page in (clerk, resident):
             await wait_for(page, on_b, timeout=60)
             await wait_for(page, ALL_THROUGH_SFU.replace("EXPECTED", "1"), timeout=60)
             await wait_for(page, REMOTE_VIDEO_PLAYS, timeout=30)
-        print(f"media back through the other worker after {time.monotonic() - started:.1f} s")
+        back = time.monotonic() - started
+        print(f"told to reconnect after {told:.1f} s; media back on meet-b after {back:.1f} s")
+        assert back <= BACK_WITHIN_SECONDS, f"back on meet-b only after {back:.1f} s"
+
+
+async def announced(env: dict, worker_id: str, proc, timeout: float = 60) -> None:
+    """Wait until the media worker ``worker_id`` (the process ``proc``) has
+    announced itself in the Redis of ``env``."""
+    from media.registry import Registry
+
+    registry = Registry(env["REDIS_URL"], prefix=env["REDIS_PREFIX"], ttl=3)
+    try:
+        deadline = time.monotonic() + timeout
+        while not await registry.alive(worker_id):
+            assert proc.poll() is None, f"media worker {worker_id} exited {proc.returncode}"
+            assert time.monotonic() < deadline, f"media worker {worker_id} did not announce"
+            await asyncio.sleep(0.1)
+    finally:
+        await registry.close()

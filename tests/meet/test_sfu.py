@@ -326,3 +326,76 @@ async def test_sfu_ready_is_relayed_to_the_other_participant(connect):
     assert told["from"] == gid
     refused = await error_of(guest, {"type": "sfu_ready", "to": "p0000000000"})
     assert refused["reason"] == "peer_unavailable"
+
+
+def bus_listeners(topic: str) -> int:
+    """This process's listeners of ``topic`` on the hub's bus."""
+    from hub.bus import get_bus
+
+    state = get_bus()._topics.get(topic)
+    return len(state.listeners) if state is not None else 0
+
+
+async def test_media_reconnect_on_the_room_topic_reaches_everyone_in_the_call(connect):
+    """What a media worker's death publishes (``media.reconnect`` on the
+    topic of the room ``meet-<code>``) reaches every admitted participant's
+    socket as a ``notice`` ``media_reconnect``; not the queue, not for
+    another room or another event; and every way out removes the socket's
+    bus listener."""
+    from channels.db import database_sync_to_async
+
+    from hub.events import apublish
+    from media.registry import room_topic, tell_reconnect
+
+    m, guest, gid = await call(connect)
+    queued, _ = await m.guest("Anna Nowak")  # waits in the queue
+    room = f"meet-{m.code}"
+    topic = room_topic(room)
+    assert await wait_for(lambda: bus_listeners(topic) == 3, 5)
+    await m.quiet(guest, queued)
+
+    # Other events on the room's topic, and another room's, say nothing.
+    await apublish(topic, "media.speaker", {"room": room, "owner": f"meet:{m.code}:{gid}"})
+    await tell_reconnect("meet-other", "meet-a")
+    await tell_reconnect(room, "meet-a")
+    told = {"worker": "meet-a", "reason": "worker_lost"}
+    for socket in (m.host, guest):
+        notice = await socket.until("notice")
+        assert notice == {"type": "notice", "event": "media_reconnect", "detail": told}
+    await tell_reconnect(room, "meet-b", reason="worker_stopped")
+    for socket in (m.host, guest):
+        notice = await socket.until("notice")
+        assert notice["detail"] == {"worker": "meet-b", "reason": "worker_stopped"}
+        assert not [f for f in await socket.drain() if f["type"] == "notice"]
+    assert not [f for f in await queued.drain() if f["type"] == "notice"]
+
+    # Every way out removes the listener: leaving, being replaced by a new
+    # window, a dropped socket.
+    assert (await guest.request({"type": "leave"}))["type"] == "ok"
+    assert await wait_for(lambda: bus_listeners(topic) == 2, 5)
+    clerk = await database_sync_to_async(lambda: m.meeting.owner)()
+    again = await connect(m.code, cookie=await cookie_of(clerk))
+    # The clerk's second window: the first is told "replaced".
+    await join(again, rejoin=m.host.joined["rejoin_token"])
+    assert (await m.host.until("left"))["reason"] == "replaced"
+    assert await wait_for(lambda: bus_listeners(topic) == 2, 5)
+    await tell_reconnect(room, "meet-c")
+    assert (await again.until("notice"))["event"] == "media_reconnect"
+    for socket in (again, queued, m.host, guest):
+        await socket.disconnect()
+    assert await wait_for(lambda: bus_listeners(topic) == 0, 5)
+
+
+async def test_a_mesh_room_is_not_told_to_reconnect(connect, settings):
+    """Peer to peer, nobody has a connection to the unit: nothing to redo."""
+    from media.registry import room_topic, tell_reconnect
+
+    settings.MEETINGS = {**settings.MEETINGS, "FORCE_SFU": False}
+    m, guest, gid = await call(connect)
+    assert m.host.joined["room"]["topology"] == "mesh"
+    topic = room_topic(f"meet-{m.code}")
+    assert await wait_for(lambda: bus_listeners(topic) == 2, 5)
+    await m.quiet(guest)
+    await tell_reconnect(f"meet-{m.code}", "meet-a")
+    for socket in (m.host, guest):
+        assert not [f for f in await socket.drain(0.5) if f["type"] == "notice"]

@@ -437,6 +437,10 @@ function onNotice({ event, detail }) {
     stopScreen(false);
   } else if (event === "recording_failed") {
     announce(fmt(text.recording_failed, { name: detail.name, message: detail.message }));
+  } else if (event === "media_reconnect") {
+    // Our media worker is gone: publish and subscribe again now, not once
+    // the connections have failed (the tiles show it as for a failure).
+    meeting.sfu?.reconnect(detail?.worker || null, detail?.reason);
   } else if (event === "muted") {
     if (detail.audio) {
       meeting.wantAudio = false;

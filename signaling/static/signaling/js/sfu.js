@@ -6,8 +6,13 @@
 // candidates (it does not trickle), so an offer leaves only once ICE gathering
 // has completed. A connection that fails (a media worker died and the server
 // placed the room again, the network changed) is negotiated again, with
-// growing pauses. Plain ES module, no build step; the messages are
-// sfu_publish / sfu_subscribe / sfu_close (signaling/protocol.py).
+// growing pauses. When the server tells us that a media worker is gone (the
+// notice media_reconnect), the connections that were on it take that same
+// path at once, without waiting to fail: the publication first, the
+// subscriptions after the first pause (by then the others have published
+// again; their new publications also make new subscriptions, see meet.js).
+// Plain ES module, no build step; the messages are sfu_publish /
+// sfu_subscribe / sfu_close (signaling/protocol.py).
 
 import { capBitrate } from "./peer.js";
 
@@ -186,6 +191,27 @@ export class SfuLink {
     this._retryTimer = setTimeout(() => this._connect(), pause * (0.75 + Math.random() * 0.5));
   }
 
+  /**
+   * The server says the media worker ``worker`` is gone (null: any): if this
+   * connection was answered by it, negotiate again as after a failure, without
+   * waiting for one. A publication goes at once (the first time: told again
+   * before it connected, it waits the growing pause); a subscription after
+   * the pause. An offer on its way is left alone (the server places it on a
+   * live worker), and so is an attempt already due.
+   */
+  reconnect(worker, reason = "worker_lost") {
+    if (this.closed || this.state === "refused" || this.state === "retrying") return;
+    if (!this.session) return;
+    if (worker && !this.session.startsWith(`${worker}.`)) return; // on another worker
+    this.trace.push(`told:${reason}`);
+    if (this.kind === "publish" && this.attempt === 0) {
+      this.attempt = 1;
+      this._connect();
+    } else {
+      this._retry();
+    }
+  }
+
   /** After our socket came back: whatever is not connected tries again now. */
   recover() {
     if (this.closed || this.state === "connected" || this.state === "connecting") return;
@@ -297,6 +323,12 @@ export class SfuClient {
   recover() {
     this.publisher?.recover();
     for (const { link } of this.subs.values()) link.recover();
+  }
+
+  /** A media worker is gone (the notice media_reconnect): see SfuLink.reconnect. */
+  reconnect(worker, reason) {
+    this.publisher?.reconnect(worker, reason);
+    for (const { link } of this.subs.values()) link.reconnect(worker, reason);
   }
 
   close() {
