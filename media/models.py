@@ -31,7 +31,11 @@ class Stream(models.Model):
         _("address"),
         max_length=63,
         unique=True,
-        validators=[RegexValidator(f"^{SLUG}$")],
+        validators=[
+            RegexValidator(f"^{SLUG}$"),
+            # meetings' rooms in the forwarding unit are "meet-<code>"
+            RegexValidator(r"^meet-", inverse_match=True, message=_("Reserved for meetings.")),
+        ],
         help_text=_("Lower-case letters, digits and hyphens: /whip/<address>."),
     )
     title = models.CharField(_("title"), max_length=200)

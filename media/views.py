@@ -14,6 +14,7 @@ with a short ``code``. Browser players on other origins are allowed by CORS
 from __future__ import annotations
 
 import logging
+import secrets
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
@@ -119,7 +120,8 @@ async def _start(request: HttpRequest, slug: str, *, publish: bool) -> HttpRespo
         return _problem(429, "rate", "too many offers from this address", Retry_After="60")
     try:
         if publish:
-            record_as = f"{slug}/{timezone.now():%Y-%m-%dT%H-%M-%S}" if stream.record else None
+            when = f"{timezone.now():%Y-%m-%dT%H-%M-%S}-{secrets.token_hex(3)}"
+            record_as = f"{slug}/{when}" if stream.record else None
             answer = await service.publish(
                 slug, offer, owner=f"whip:{stream.pk}", record_as=record_as
             )
@@ -138,7 +140,8 @@ async def _start(request: HttpRequest, slug: str, *, publish: bool) -> HttpRespo
 async def _session(request: HttpRequest, slug: str, session: str, *, publish: bool):
     if request.method == "PATCH":
         return _problem(405, "no_trickle", "the answer carries all candidates; no trickle ICE")
-    stream = await _stream(slug)
+    # A stream switched off takes no new sessions, but those under way may still end.
+    stream = await Stream.objects.filter(slug=slug).afirst()
     key = _bearer(request)
     if stream is None:
         return _problem(404, "no_session", "there is no such session")

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
-from aiortc.exceptions import InternalError, InvalidAccessError, InvalidStateError, OperationError
+from aiortc.exceptions import OperationError
 
 from media.recording import Recorder
 from media.sfu import hooks
@@ -35,17 +35,6 @@ from signaling.sdp import check_description
 
 log = logging.getLogger(__name__)
 
-# What aiortc raises on an offer it cannot parse or apply (its parser asserts).
-_UNREADABLE = (
-    AssertionError,
-    ValueError,
-    KeyError,
-    IndexError,
-    TypeError,
-    InvalidAccessError,
-    InvalidStateError,
-    InternalError,
-)
 PUBLISH_CODECS = {"video": ("video/vp8", "video/h264", "video/rtx"), "audio": ("audio/opus",)}
 
 
@@ -216,6 +205,10 @@ class Sfu:
             if pc.connectionState in ("failed", "closed"):
                 await self.close(session.id)
 
+        # Counted from now, before the first await: a second publisher offering
+        # at the same moment meets this one (409), the limits see it, and the
+        # room is not deleted under it.
+        self._register(room, session)
         return session
 
     async def publish(
@@ -263,7 +256,6 @@ class Sfu:
                     session.forwarders[track.kind] = forwarder
 
         answer = await self._negotiate(session, offer)
-        self._register(room, session)
         room.on_event("published", {"room": room.name, "session": session.id})
         return session, answer
 
@@ -304,7 +296,6 @@ class Sfu:
         for forwarder in chosen:
             session.tracks.append(forwarder.attach(session.pc))
         answer = await self._negotiate(session, offer)
-        self._register(room, session)
         return session, answer
 
     async def _negotiate(self, session: Session, offer: str) -> str:
@@ -318,21 +309,16 @@ class Sfu:
                 raise BadOffer("sdp_no_media", "the offer has no audio or video")
             await pc.setRemoteDescription(description)
             await pc.setLocalDescription(await pc.createAnswer())
-        except OperationError as exc:
-            await self._discard(session)
-            raise NoCommonCodec("no_common_codec", self._codec_refusal(session)) from exc
-        except MediaError:
-            await self._discard(session)
-            raise
-        except SdpRefused as exc:
-            await self._discard(session)
-            detail = f"the offer is not a session description ({exc.reason})"
-            raise BadOffer(exc.reason, detail) from exc
-        except _UNREADABLE as exc:
-            await self._discard(session)
-            raise BadOffer("sdp_malformed", f"the offer could not be read: {exc}") from exc
+        except BaseException as exc:
+            await asyncio.shield(self._drop(session))
+            if not isinstance(exc, Exception):
+                raise  # cancelled: the client went away; nothing of it stays
+            refusal = self._refusal(session, exc)
+            if refusal is exc:
+                raise
+            raise refusal from exc
         if session.kind == "publish" and not session.forwarders:
-            await self._discard(session)
+            await self._drop(session)
             raise NoCommonCodec("no_common_codec", "no track in VP8, H.264 or Opus to publish")
         asyncio.get_running_loop().call_later(
             self.limits.connect_timeout, self._check_connected, session.id
@@ -396,6 +382,20 @@ class Sfu:
                 await self.close(session.id)
                 return
 
+    def _refusal(self, session: Session, exc: Exception) -> MediaError:
+        """What to answer for an offer that failed with *exc*. aiortc raises
+        many kinds of errors on a broken offer (its parser asserts, looks up
+        missing attributes…): any of them is the offer's fault."""
+        if isinstance(exc, MediaError):
+            return exc
+        if isinstance(exc, OperationError):
+            return NoCommonCodec("no_common_codec", self._codec_refusal(session))
+        if isinstance(exc, SdpRefused):
+            detail = f"the offer is not a session description ({exc.reason})"
+            return BadOffer(exc.reason, detail)
+        log.info("offer refused: %r", exc)
+        return BadOffer("sdp_malformed", "the offer could not be read")
+
     @staticmethod
     def _codec_refusal(session: Session) -> str:
         if session.kind == "publish":
@@ -422,18 +422,34 @@ class Sfu:
             self._background(self.close(session_id))
 
     async def _discard(self, session: Session) -> None:
-        if session.recorder is not None:
-            recorder, session.recorder = session.recorder, None
-            path = await recorder.stop()
-            self.on_event("recorded", {"room": session.room, "path": str(path) if path else None})
         room = self.rooms.get(session.room)
         if room is not None and not room.sessions:
             del self.rooms[session.room]
-        for forwarder in session.forwarders.values():
-            forwarder.close()
-        for track in session.tracks:
-            track.stop()
-        await session.pc.close()
+        try:
+            if session.recorder is not None:
+                recorder, session.recorder = session.recorder, None
+                path = await recorder.stop()
+                path = str(path) if path else None
+                self.on_event("recorded", {"room": session.room, "path": path})
+        except Exception:  # a full disk: the file is lost, the peer must still go
+            log.exception("recording of session %s could not be finished", session.id)
+        finally:
+            for forwarder in session.forwarders.values():
+                forwarder.close()
+            for track in session.tracks:
+                track.stop()
+            try:
+                await session.pc.close()
+            except Exception:  # aiortc trips over a connection a broken offer half set up
+                log.info("peer connection of session %s did not close cleanly", session.id)
+
+    async def _drop(self, session: Session) -> None:
+        """Forget a session that never got going (its offer was refused)."""
+        self.sessions.pop(session.id, None)
+        room = self.rooms.get(session.room)
+        if room is not None:
+            room.sessions.pop(session.id, None)
+        await self._discard(session)
 
     async def close(self, session_id: str) -> bool:
         """End a session (idempotent); a publisher's subscribers see its tracks end."""
@@ -447,6 +463,13 @@ class Sfu:
                 room.speaker.forget(session_id)
                 room.on_event("unpublished", {"room": room.name, "session": session_id})
         await self._discard(session)
+        if session.kind == "publish" and room is not None:
+            # Viewers left with nothing to receive are ended too: they would
+            # hold their places (peers, a stream's viewer limit) for nothing.
+            gone = set(session.forwarders.values())
+            for other in list(room.sessions.values()):
+                if other.kind == "subscribe" and all(t.forwarder in gone for t in other.tracks):
+                    await self.close(other.id)
         return True
 
     async def close_all(self) -> None:

@@ -129,19 +129,6 @@ async def test_h264_is_forwarded_as_h264_to_a_subscriber_offering_vp8_first(sfu)
     await subscriber.close()
 
 
-async def test_subscribers_see_the_tracks_end_when_the_publisher_leaves(sfu):
-    publisher = await publish(sfu, audio=False)
-    subscriber = await subscribe(sfu, audio=False)
-    assert await wait_for(lambda: len(subscriber.counters) >= 5, 15)
-    session_id = next(iter(sfu.rooms["r"].sessions))
-    assert await sfu.close(session_id)
-    assert not await sfu.close(session_id)  # idempotent
-    track = next(iter(sfu.sessions.values())).tracks[0]
-    assert await wait_for(lambda: track.readyState == "ended", 3)
-    await publisher.pc.close()
-    await subscriber.close()
-
-
 # Bad input: a clear reason, and no peer left behind ---------------------------------
 
 
@@ -317,3 +304,72 @@ async def test_a_player_without_the_publishers_codec_is_told_which_it_is(sfu):
     assert sfu.peers == 1
     await publisher.pc.close()
     await player.pc.close()
+
+
+async def test_broken_offers_of_every_kind_are_refused_and_leave_nothing(sfu):
+    """Offers mutated line by line (aiortc raises assertion, attribute, value,
+    runtime errors on them): always a MediaError, never a peer or room left."""
+    import random
+
+    publisher = await publish(sfu, "live", audio=True)
+    rng = random.Random(3)
+    pristine = await Subscriber().offer()
+    publishing = await Publisher().offer()
+    for base, act in [(pristine, sfu.subscribe), (publishing, sfu.publish)] * 40:
+        lines = base.split("\r\n")
+        for _ in range(rng.randint(1, 3)):
+            i = rng.randrange(len(lines))
+            kind = rng.choice(["drop", "cut", "swap"])
+            if kind == "drop":
+                del lines[i]
+            elif kind == "cut":
+                lines[i] = lines[i][: rng.randrange(len(lines[i]) + 1)]
+            else:
+                j = rng.randrange(len(lines))
+                lines[i], lines[j] = lines[j], lines[i]
+        try:
+            session, _ = await act("live", "\r\n".join(lines), owner="x")
+        except sfu_room.MediaError:
+            continue
+        await sfu.close(session.id)  # the mutation left a readable offer
+    assert sfu.peers == 1  # the publisher alone
+    assert {f.kind for f in sfu.rooms["live"].forwarders()} == {"audio", "video"}
+    assert all(not f.subscribers for f in sfu.rooms["live"].forwarders())
+    await publisher.pc.close()
+
+
+async def test_two_publishers_at_the_same_moment_meet_409(sfu):
+    first, second = Publisher(audio=False), Publisher(audio=False)
+    offers = [await first.offer(), await second.offer()]
+    results = await asyncio.gather(
+        *(sfu.publish("r", offer, owner=f"p{i}") for i, offer in enumerate(offers)),
+        return_exceptions=True,
+    )
+    assert sorted(type(r).__name__ for r in results) == ["Busy", "tuple"]
+    assert sfu.peers == 1
+    await first.pc.close()
+    await second.pc.close()
+
+
+async def test_an_offer_abandoned_mid_negotiation_leaves_nothing(sfu):
+    publisher = Publisher(audio=False)
+    offer = await publisher.offer()
+    task = asyncio.ensure_future(sfu.publish("r", offer, owner="p"))
+    await asyncio.sleep(0)  # inside the negotiation
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await wait_for(lambda: sfu.peers == 0 and not sfu.rooms, 3)
+    await publisher.pc.close()
+
+
+async def test_viewers_are_ended_with_the_publication_they_watch(sfu, flowing):
+    """Their tracks end, and their sessions too: they would hold places
+    (peers, the stream's viewer limit) with nothing to receive."""
+    viewer = next(s for s in sfu.sessions.values() if s.kind == "subscribe")
+    publisher_id = next(s.id for s in sfu.sessions.values() if s.kind == "publish")
+    assert await sfu.close(publisher_id)
+    assert not await sfu.close(publisher_id)  # idempotent
+    assert viewer.tracks[0].readyState == "ended"
+    assert viewer.id not in sfu.sessions
+    assert sfu.peers == 0 and not sfu.rooms

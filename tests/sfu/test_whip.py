@@ -257,3 +257,30 @@ async def test_recording_names_stay_inside_the_recordings_directory():
         with pytest.raises(MediaError) as refused:
             await service.publish("rada", "v=0", owner="o", record_as=name)
         assert refused.value.reason == "recording_name"
+
+
+async def test_a_stream_switched_off_takes_no_one_new_but_its_publisher_may_still_leave(stream):
+    made, key = stream
+    client = AsyncClient()
+    publisher = Publisher(audio=False)
+    published = await post_offer(client, "/whip/sesja-rady", await publisher.offer(), key)
+    assert published.status_code == 201
+    made.active = False
+    await made.asave()
+    viewer = Subscriber()
+    response = await post_offer(client, "/whep/sesja-rady", await viewer.offer())
+    assert (response.status_code, response.json()["code"]) == (404, "no_stream")
+    response = await client.delete(published["Location"], headers=bearer(key))
+    assert response.status_code == 200
+    assert service.local_sfu().peers == 0
+    await publisher.pc.close()
+    await viewer.pc.close()
+
+
+def test_stream_addresses_of_meetings_are_reserved():
+    from django.core.exceptions import ValidationError
+
+    made = Stream(slug="meet-abcd-efgh-ijkl", title="x")
+    made.set_keys()
+    with pytest.raises(ValidationError):
+        made.full_clean()
