@@ -44,6 +44,7 @@ import os
 import re
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import av
@@ -319,6 +320,11 @@ class Recorder:
         self._streams: dict = {}
         self._timelines: dict[str, Timeline] = {}
         self._origin = 0.0  # monotonic time of the file's 0
+        # Every file operation (open, each packet, the trailer) runs in this one
+        # thread, in order: a slow disk must not stall the event loop that
+        # forwards everyone's media.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="recorder")
+        self._opened = False  # decided on the loop; the container follows in the thread
         self._finishing: asyncio.Task | None = None
         self._finished = asyncio.Event()
 
@@ -366,14 +372,18 @@ class Recorder:
                 if task is not current:
                     task.cancel()
             await asyncio.gather(*self._readers, return_exceptions=True)
-            if self._container is None and self._pending:
+            if not self._opened and self._pending:
                 # The video never had a usable keyframe: keep the audio rather than nothing.
-                self._open(with_video=False)
-            if self._container is None:
+                self._submit_open(with_video=False)
+            if not self._opened:
                 log.info("recording %s: no media arrived, no file", self.path)
                 return None
-            # The trailer (cues, sizes written back at the start) is file I/O.
-            await asyncio.to_thread(self._close_file)
+            # After every packet submitted before it: the trailer, then the rename.
+            await asyncio.get_running_loop().run_in_executor(self._io, self._close_file)
+            if self.error is not None:
+                log.error("recording %s: writing failed: %s", self.path, self.error)
+            if self._container is None:
+                return None  # the file could not even be opened
             log.info(
                 "recorded %s: %.1f s, %d video and %d audio frames, %d dropped",
                 self.path,
@@ -384,9 +394,12 @@ class Recorder:
             )
             return self.path
         finally:
+            self._io.shutdown(wait=False)
             self._finished.set()
 
     def _close_file(self) -> None:
+        if self._container is None:
+            return  # opening it failed (self.error says why)
         self._container.close()
         os.replace(self.partial, self.path)
 
@@ -413,8 +426,10 @@ class Recorder:
         codec = self.forwarders[kind].codec.name
         key = is_keyframe(codec, data)
         item = (kind, data, packet.pts, packet.time_base, arrived, key)
-        if self._container is not None:
-            self._write(*item)
+        if self.error is not None:
+            raise self.error  # the file cannot be written: end the recording
+        if self._opened:
+            self._submit(self._write, *item)
             return
         if kind == "video":
             setup = _VideoSetup.from_keyframe(self.video_codec, data) if key else None
@@ -427,9 +442,23 @@ class Recorder:
             self.dropped += 1
         self._pending.append(item)
         if self._video is not None or "video" not in self.forwarders:
-            self._open(with_video=self._video is not None)
+            self._submit_open(with_video=self._video is not None)
 
-    def _open(self, *, with_video: bool) -> None:
+    def _submit(self, function, *args) -> None:
+        future = self._io.submit(function, *args)
+        future.add_done_callback(self._note_failure)
+
+    def _note_failure(self, future) -> None:
+        if future.exception() is not None and self.error is None:
+            self.error = future.exception()
+
+    def _submit_open(self, *, with_video: bool) -> None:
+        self._opened = True
+        self._origin = min(item[4] for item in self._pending)
+        pending, self._pending = self._pending, collections.deque()
+        self._submit(self._open, with_video, pending)
+
+    def _open(self, with_video: bool, pending: collections.deque) -> None:
         container = av.open(str(self.partial), "w", format=self.format)
         if with_video:
             video = self._video
@@ -445,8 +474,6 @@ class Recorder:
             stream.codec_context.extradata = opus_head()
             self._streams["audio"] = stream
         self._container = container
-        self._origin = min(item[4] for item in self._pending)
-        pending, self._pending = self._pending, collections.deque()
         for item in pending:
             if item[0] in self._streams:
                 self._write(*item)

@@ -281,3 +281,30 @@ async def test_a_recording_that_cannot_start_is_an_error_and_the_broadcast_goes_
     assert session.recorder is not None
     await publisher.pc.close()
     await unit.close_all()
+
+
+async def test_the_file_is_written_by_the_recorders_own_thread_not_the_event_loop(
+    tmp_path, monkeypatch
+):
+    import threading
+
+    writers: set[str] = set()
+    original = Recorder._write
+
+    def watched(self, *args):
+        writers.add(threading.current_thread().name)
+        return original(self, *args)
+
+    monkeypatch.setattr(Recorder, "_write", watched)
+    unit = Sfu()
+    publisher = Publisher()
+    session, answer = await unit.publish(
+        "rada", await publisher.offer(), owner="p", record_to=tmp_path / "x"
+    )
+    await publisher.answer(answer)
+    assert await wait_for(lambda: session.recorder and session.recorder.video_frames >= 20, 10)
+    await unit.close(session.id)
+    assert writers and all(name.startswith("recorder") for name in writers), writers
+    assert (tmp_path / "x.webm").stat().st_size > 5000
+    await publisher.pc.close()
+    await unit.close_all()
