@@ -256,6 +256,10 @@ class Sfu:
                     session.forwarders[track.kind] = forwarder
 
         answer = await self._negotiate(session, offer)
+        # One publication per owner: a page that publishes again (after a
+        # reload, or through another web process) replaces its earlier one.
+        for older in [p for p in room.publishers if p.owner == owner and p is not session]:
+            await self.close(older.id)
         room.on_event("published", {"room": room.name, "session": session.id})
         return session, answer
 

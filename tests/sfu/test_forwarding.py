@@ -373,3 +373,20 @@ async def test_viewers_are_ended_with_the_publication_they_watch(sfu, flowing):
     assert viewer.tracks[0].readyState == "ended"
     assert viewer.id not in sfu.sessions
     assert sfu.peers == 0 and not sfu.rooms
+
+
+async def test_publishing_again_replaces_the_owners_earlier_publication(sfu):
+    """One publication per owner, whichever web process the page offers through."""
+    first, second, again = (Publisher(audio=False) for _ in range(3))
+
+    async def offer(publisher, owner):
+        session, _ = await sfu.publish("m", await publisher.offer(), owner=owner, exclusive=False)
+        return session
+
+    older = await offer(first, "ala")
+    other = await offer(second, "ola")
+    newer = await offer(again, "ala")
+    assert older.id not in sfu.sessions
+    assert {s.id for s in sfu.rooms["m"].publishers} == {other.id, newer.id}
+    for publisher in (first, second, again):
+        await publisher.pc.close()
