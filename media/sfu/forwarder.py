@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 KEYFRAME_INTERVAL = 0.5  # seconds between keyframe requests sent to one publisher
 QUEUE_MAX = 64  # frames a subscriber may fall behind before it is resynced on a keyframe
-FORWARDED_CODECS = ("video/vp8", "video/h264", "audio/opus")
 
 
 def is_keyframe(codec_name: str, data: bytes) -> bool:
@@ -213,6 +212,7 @@ class Forwarder:
         self.keyframes = 0
         self.bytes = 0
         self.keyframe_requests = 0
+        self._requests: set[asyncio.Task] = set()
         self.last_frame_at: float | None = None
         if kind == "video":
             buffer = ForwardingJitterBuffer(self, capacity=512, is_video=True)
@@ -320,6 +320,8 @@ class Forwarder:
     def _send_pli(self) -> None:
         self.keyframe_requests += 1
         task = asyncio.ensure_future(hooks.send_pli(self.receiver, self.media_ssrc))
+        self._requests.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._requests.discard)
         task.add_done_callback(_log_failure)
 
 

@@ -38,14 +38,13 @@ class ActiveSpeaker:
             return self._decide(now)
         return None
 
-    def forget(self, source: str) -> str | None:
-        """A publisher left; return None or the (cleared) change."""
+    def forget(self, source: str) -> None:
+        """A publisher left: it is no longer the speaker or a challenger."""
         self._sums.pop(source, None)
         if self._challenger == source:
             self._challenger, self._wins = None, 0
         if self.speaker == source:
             self.speaker = None
-        return None
 
     def _decide(self, now: float) -> str | None:
         means = {s: total / count for s, (total, count) in self._sums.items() if count}
